@@ -1,0 +1,53 @@
+"""LSTM baselines of the paper: full BPTT (fused ``nn.LSTM``) and truncated BPTT.
+
+Shapes: B batch, T time, I input size, H hidden size, O output size.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import SABConfig
+
+
+class LSTMBaseline(nn.Module):
+    """Fused ``nn.LSTM`` and a linear head on h_t.
+
+    With ``truncate=True`` the sequence runs in chunks of ``k_trunc`` steps and (h, c) is detached
+    between chunks (truncated BPTT); each chunk still runs the fused kernel. With ``k_trunc >= T`` this is
+    exactly full BPTT.
+    """
+
+    def __init__(self, config: SABConfig, truncate: bool, device=None, dtype=None) -> None:
+        super().__init__()
+        self.config = config
+        self.truncate = truncate
+        factory = {"device": device, "dtype": dtype}
+        self.lstm = nn.LSTM(config.input_size, config.hidden_size, batch_first=True, **factory)
+        self.head = nn.Linear(config.hidden_size, config.output_size, **factory)
+
+    def extra_repr(self) -> str:
+        return f"k_trunc={self.config.k_trunc}" if self.truncate else "full BPTT"
+
+    def reset_parameters(self) -> None:
+        self.lstm.reset_parameters()
+        self.head.reset_parameters()
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Per-step logits (B, T, O); with ``return_attention`` the record is None (no attention)."""
+        expected = self.config.input_size
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[2] != expected:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__}: expected input of shape (B, T, {expected}), got {got}")
+        if not self.truncate:
+            out, _ = self.lstm(x)
+        else:
+            chunks, state = [], None
+            for chunk in x.split(self.config.k_trunc, dim=1):
+                if state is not None:
+                    state = (state[0].detach(), state[1].detach())  # the truncation boundary
+                out, state = self.lstm(chunk, state)
+                chunks.append(out)
+            out = torch.cat(chunks, dim=1)
+        logits = self.head(out)
+        return (logits, None) if return_attention else logits

@@ -1,0 +1,119 @@
+"""The slot memory of one forward pass: a preallocated buffer that keeps gradients flowing into slots.
+
+Shapes: B batch, H hidden size, N slots written so far, C slots read at once.
+
+Why not keep the slots as a list and ``torch.cat`` them every step (as the released code does)? Each step
+would copy the whole memory into the autograd graph: O(N) time and graph memory per step, O(T²) overall.
+Here the slot values live in one detached (B, capacity, H) buffer that doubles when full, and two small
+autograd functions connect it to the graph:
+
+* ``write(h, t)`` copies ``h`` (B, H) into the next slot. In the backward pass it hands ``h`` whatever
+  gradient the reads of that slot have accumulated.
+* ``read(ids)`` gathers slots (B, C, H). In the backward pass it adds its output gradient into a
+  (B, capacity, H) gradient buffer at the rows it read.
+
+For this to be correct, every read of a slot must run its backward before the slot's write does. The
+functions thread a scalar *token* through the pass: write j consumes token j−1 and produces token j; a
+read consumes the latest token. Autograd runs a node only after every consumer of its outputs, so write j
+waits for all reads that came after it (directly, or through writes j+1, j+2, ...). The token carries no
+information; its gradient is always zero.
+
+Cost per step: O(C·H) for a read, O(H) for a write (amortised), independent of N. Outside autograd
+(``torch.no_grad()`` or inputs that need no gradient) reads and writes are plain copies.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class SlotMemory:
+    """Per-sequence memory slots with their time steps, for one forward pass over a batch."""
+
+    def __init__(self, batch_size: int, hidden_size: int, device=None, dtype=None, capacity: int = 16) -> None:
+        self.values_buffer = torch.empty(batch_size, capacity, hidden_size, device=device, dtype=dtype)
+        self.grad_buffer: torch.Tensor | None = None
+        self.times: list[int] = []
+        self._token: torch.Tensor | None = None  # None until a write enters the autograd graph
+
+    @property
+    def size(self) -> int:
+        """N, the number of slots written."""
+        return len(self.times)
+
+    def values(self) -> torch.Tensor:
+        """The stored slots, (B, N, H), detached (a view: valid until the next write)."""
+        return self.values_buffer[:, : self.size]
+
+    def write(self, h: torch.Tensor, t: int) -> None:
+        """Store ``h`` (B, H), the final state of step ``t``, as slot N."""
+        slot = self.size
+        self._ensure_capacity(slot + 1)
+        self.values_buffer[:, slot] = h.detach()
+        self.times.append(t)
+        if torch.is_grad_enabled() and h.requires_grad:
+            if self._token is None:
+                self._token = torch.zeros((), device=h.device, dtype=h.dtype, requires_grad=True)
+            self._token = _WriteSlot.apply(self._token, h, self, slot)
+
+    def read(self, ids: torch.Tensor) -> torch.Tensor:
+        """Slots ``ids`` (B, C) of each sequence, (B, C, H). Ids of -1 (padding) read slot 0."""
+        ids = ids.clamp(min=0)
+        if self._token is not None and torch.is_grad_enabled():
+            return _ReadSlots.apply(self._token, ids, self)
+        return _gather(self.values_buffer, ids)
+
+    def _ensure_capacity(self, needed: int) -> None:
+        B, capacity, H = self.values_buffer.shape
+        if needed <= capacity:
+            return
+        grown = self.values_buffer.new_empty(B, max(needed, 2 * capacity), H)
+        grown[:, :capacity] = self.values_buffer
+        self.values_buffer = grown
+
+    def _accumulate_grad(self, ids: torch.Tensor, grad: torch.Tensor) -> None:
+        if self.grad_buffer is None or self.grad_buffer.shape[1] < self.values_buffer.shape[1]:
+            grown = torch.zeros_like(self.values_buffer)
+            if self.grad_buffer is not None:
+                grown[:, : self.grad_buffer.shape[1]] = self.grad_buffer
+            self.grad_buffer = grown
+        rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(ids)
+        self.grad_buffer.index_put_((rows, ids), grad, accumulate=True)
+
+    def _take_grad(self, slot: int) -> torch.Tensor | None:
+        if self.grad_buffer is None:
+            return None
+        grad = self.grad_buffer[:, slot].clone()
+        self.grad_buffer[:, slot] = 0  # a second backward (retain_graph) must not see it again
+        return grad
+
+
+def _gather(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1)
+    return values[rows, ids]  # (B, C, H)
+
+
+class _WriteSlot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token: torch.Tensor, h: torch.Tensor, memory: SlotMemory, slot: int) -> torch.Tensor:
+        ctx.memory, ctx.slot = memory, slot
+        return token.new_zeros(())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_token: torch.Tensor):
+        return torch.zeros_like(grad_token), ctx.memory._take_grad(ctx.slot), None, None
+
+
+class _ReadSlots(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token: torch.Tensor, ids: torch.Tensor, memory: SlotMemory) -> torch.Tensor:
+        ctx.memory = memory
+        ctx.save_for_backward(ids)
+        return _gather(memory.values_buffer, ids)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        ctx.memory._accumulate_grad(ids, grad_out)
+        return grad_out.new_zeros(()), None, None

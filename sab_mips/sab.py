@@ -1,0 +1,222 @@
+"""The SAB-LSTM: an LSTM that attends sparsely to its own past states (SPEC §1).
+
+Shapes: B batch, T time steps, I input size, H hidden size, N memory slots, C candidates per attention
+step (K + 1), K = k_top, O output size.
+
+One step t, in the order of the code below:
+
+1. provisional state     (ĥ_t, c_t) = LSTMCell(x_t, (h_{t-1}, c_{t-1}))
+2. retrieval             the C = K+1 best slots for ĥ_t (a discrete choice: no gradient)
+3. exact re-scoring      a_i = score(ĥ_t, m_i) for the C candidates, in the autograd graph
+4. sparsifier            w = ReLU(a − δ) / (Σ ReLU(a − δ) + ε), δ the (K+1)-th score (``sparsify``)
+5. summary and update    s_t = Σ_i w_i m_i,  h_t = ĥ_t + s_t,  output head on [h_t ; s_t]
+6. memory write          every k_att steps h_t becomes a new slot (not detached)
+
+The forward pass is organised around the truncation grid: segments of ``k_trunc`` steps, each starting
+from a detached (h, c). Gradient reaches the past only through the slots a step selected, and from each
+slot back along its own segment (SPEC §1 step 6).
+
+Retrieval with the ``dot`` scorer goes through an index from ``indexes`` (``exact`` here): slots m_i are
+added as they are written and searched with q̃ = W_kᵀ W_q ĥ / sqrt(d_k). Because δ carries no gradient
+(see ``sparsify``), only the top K+1 scores matter, so scoring C = K+1 candidates in the graph gives
+exactly the outputs and gradients of scoring every slot — which ``reference.sab_forward_reference`` does.
+The other scorers select by a no-grad scan of all slots, then re-score the candidates the same way.
+
+Example::
+
+    >>> from sab_mips import SABConfig, SABLSTM
+    >>> model = SABLSTM(SABConfig(input_size=3, output_size=2, hidden_size=8, k_top=2, k_att=2, k_trunc=4))
+    >>> logits, record = model(torch.randn(4, 10, 3), return_attention=True)
+    >>> logits.shape, record.slot_ids.shape      # (B, T, O), (S, B, K)
+    (torch.Size([4, 10, 2]), torch.Size([8, 4, 2]))
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from indexes import MIPSIndex, make_index
+
+from .config import SABConfig
+from .memory import SlotMemory
+from .record import AttentionRecord
+from .scorers import DotScorer, make_scorer
+from .sparsify import sparse_attention_weights
+
+
+class _ForwardState:
+    """Everything one forward pass accumulates: the memory, the index, and what is being recorded."""
+
+    def __init__(self, model: "SABLSTM", x: torch.Tensor, record: bool, collect_queries: bool) -> None:
+        B, H = x.shape[0], model.config.hidden_size
+        self.memory = SlotMemory(B, H, device=x.device, dtype=x.dtype)
+        self.index: MIPSIndex | None = None
+        if isinstance(model.scorer, DotScorer):
+            self.index = make_index(model.retrieval)
+            self.index.reset(B, H)
+        self.record = record
+        self.steps: list[int] = []
+        self.candidates: list[torch.Tensor] = []
+        self.selected: list[torch.Tensor] = []
+        self.weights: list[torch.Tensor] = []
+        self.queries: list[torch.Tensor] | None = [] if collect_queries else None
+
+    def write(self, h: torch.Tensor, t: int) -> None:
+        self.memory.write(h, t)
+        if self.index is not None:
+            self.index.add(h.detach().unsqueeze(1))
+
+    def log(self, t: int, candidate_ids: torch.Tensor, weights: torch.Tensor, width: int) -> None:
+        """Keep the ``width`` largest weights of this step (and the candidates) for the record."""
+        if not self.record:
+            return
+        top_w, order = weights.detach().topk(min(width, weights.shape[1]), dim=1)
+        ids = candidate_ids.gather(1, order).masked_fill(top_w <= 0, -1)
+        self.steps.append(t)
+        self.candidates.append(candidate_ids)
+        self.selected.append(ids)
+        self.weights.append(top_w.clamp(min=0))
+
+    def attention_record(self) -> AttentionRecord:
+        return AttentionRecord(
+            steps=torch.tensor(self.steps, dtype=torch.long),
+            candidate_ids=_stack_padded(self.candidates, -1, torch.long),
+            slot_ids=_stack_padded(self.selected, -1, torch.long),
+            weights=_stack_padded(self.weights, 0.0, torch.float32),
+            slot_times=torch.tensor(self.memory.times, dtype=torch.long),
+        )
+
+
+def _stack_padded(rows: list[torch.Tensor], fill: float, dtype: torch.dtype) -> torch.Tensor:
+    """Stack (B, w_s) tensors of varying width w_s into (S, B, max w), padding with ``fill``."""
+    if not rows:
+        return torch.zeros(0, 0, 0, dtype=dtype)
+    width = max(r.shape[1] for r in rows)
+    out = torch.full((len(rows), rows[0].shape[0], width), fill, dtype=dtype)
+    for s, r in enumerate(rows):
+        out[s, :, : r.shape[1]] = r.detach().cpu().to(dtype)
+    return out
+
+
+class SABLSTM(nn.Module):
+    """LSTM with Sparse Attentive Backtracking. See the module docstring for the algorithm."""
+
+    def __init__(self, config: SABConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        self.config = config
+        factory = {"device": device, "dtype": dtype}
+        H = config.hidden_size
+        self.cell = nn.LSTMCell(config.input_size, H, **factory)
+        self.scorer = make_scorer(config.scorer, H, config.attn_dim, **factory)
+        self.head = nn.Linear(2 * H, config.output_size, **factory)  # reads [h_t ; s_t]
+        self.retrieval = "exact"
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"k_top={c.k_top}, k_att={c.k_att}, attend_every={c.attend_every}, k_trunc={c.k_trunc}, "
+                f"scorer={c.scorer!r}, retrieval={self.retrieval!r}")
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    # ---- forward ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Per-step logits (B, T, O) for inputs x (B, T, I); with ``return_attention`` also the record."""
+        state = self._run(x, record=return_attention)
+        logits = state.logits
+        return (logits, state.attention_record()) if return_attention else logits
+
+    @torch.no_grad()
+    def collect_memories(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The slots stored (B, N, H) and the search queries issued (S, B, H) on inputs x (B, T, I)."""
+        state = self._run(x, record=False, collect_queries=True)
+        queries = torch.stack(state.queries) if state.queries else x.new_zeros(0, x.shape[0], self.config.hidden_size)
+        return {"keys": state.memory.values().clone(), "queries": queries}
+
+    def _segment_length(self, T: int) -> int:
+        return self.config.k_trunc
+
+    def _run(self, x: torch.Tensor, record: bool, collect_queries: bool = False) -> _ForwardState:
+        self._check_input(x)
+        cfg = self.config
+        B, T, _ = x.shape
+        state = _ForwardState(self, x, record, collect_queries)
+        h = c = no_summary = x.new_zeros(B, cfg.hidden_size)
+        hs: list[torch.Tensor] = []
+        ss: list[torch.Tensor] = []
+        segment = self._segment_length(T)
+        for start in range(0, T, segment):
+            h, c = h.detach(), c.detach()  # the truncation boundary
+            for t in range(start, min(start + segment, T)):
+                h, c = self.cell(x[:, t], (h, c))
+                s = no_summary
+                if t % cfg.attend_every == 0 and state.memory.size > 0:
+                    s = self._attend(h, state, t)
+                    h = h + s
+                hs.append(h)
+                ss.append(s)
+                if (t + 1) % cfg.k_att == 0:
+                    state.write(h, t)
+        features = torch.cat([torch.stack(hs, dim=1), torch.stack(ss, dim=1)], dim=2)  # (B, T, 2H)
+        state.logits = self.head(features)
+        return state
+
+    def _attend(self, h_hat: torch.Tensor, state: _ForwardState, t: int) -> torch.Tensor:
+        """Sparse summary s_t (B, H) of the memory for provisional states ĥ_t (B, H)."""
+        k = self.config.k_top
+        ids, query = self._retrieve(h_hat, state, k + 1)  # (B, C)
+        valid = ids >= 0
+        slots = state.memory.read(ids)  # (B, C, H), in the graph
+        scores = self._score(h_hat, query, slots)  # (B, C), in the graph
+        weights = sparse_attention_weights(scores, k, self.config.eps, valid)
+        state.log(t, ids, weights, k)
+        return torch.bmm(weights.unsqueeze(1), slots).squeeze(1)
+
+    def _retrieve(self, h_hat: torch.Tensor, state: _ForwardState, count: int):
+        """Candidate slot ids (B, count), -1 padded, and the dot scorer's query q̃ (or None)."""
+        if state.index is not None:
+            query = self.scorer.query(h_hat)  # (B, H), reused in the graph for the exact scores
+            if state.queries is not None:
+                state.queries.append(query.detach().clone())
+            _, ids = state.index.search(query.detach(), count)
+            return ids, query
+        with torch.no_grad():
+            scores = self.scorer(h_hat, state.memory.values())  # (B, N)
+            top = scores.topk(min(count, state.memory.size), dim=1).indices
+        padding = top.new_full((top.shape[0], count - top.shape[1]), -1)
+        return torch.cat([top, padding], dim=1), None
+
+    def _score(self, h_hat: torch.Tensor, query: torch.Tensor | None, slots: torch.Tensor) -> torch.Tensor:
+        if query is not None:
+            return DotScorer.score_query(query, slots)
+        return self.scorer(h_hat, slots)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        expected = self.config.input_size
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[2] != expected:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__}: expected input of shape (B, T, {expected}), got {got}")
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"{type(self).__name__}: input needs B >= 1 and T >= 1, got {tuple(x.shape)}")
+
+
+class DenseAttentionLSTM(SABLSTM):
+    """Baseline: the same LSTM and memory, dense softmax attention over every slot, full BPTT."""
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"k_att={c.k_att}, attend_every={c.attend_every}, scorer={c.scorer!r}"
+
+    def _segment_length(self, T: int) -> int:
+        return T  # no truncation: full gradients
+
+    def _attend(self, h_hat: torch.Tensor, state: _ForwardState, t: int) -> torch.Tensor:
+        B, N = h_hat.shape[0], state.memory.size
+        ids = torch.arange(N, device=h_hat.device).expand(B, N)
+        slots = state.memory.read(ids)  # (B, N, H)
+        query = self.scorer.query(h_hat) if isinstance(self.scorer, DotScorer) else None
+        weights = torch.softmax(self._score(h_hat, query, slots), dim=1)  # (B, N)
+        state.log(t, ids, weights, N)
+        return torch.bmm(weights.unsqueeze(1), slots).squeeze(1)

@@ -1,0 +1,98 @@
+"""The SAB sparsifier: keep the K largest attention scores, renormalise (SPEC §1 step 4).
+
+For one query with scores a_1..a_C over C candidate slots:
+
+    δ   = the (K+1)-th largest score                      (when more than K slots exist)
+    w_i = ReLU(a_i − δ) / (Σ_j ReLU(a_j − δ) + ε)
+
+so exactly K weights are non-zero (barring ties at δ). Two choices the formula leaves open, fixed here:
+
+* **δ is a selection decision, not a differentiable quantity.** Like the choice of the top-K set itself,
+  it is computed without gradient, so no gradient reaches the (K+1)-th slot or any other unselected
+  slot: gradients flow only into the K selected scores. (The released code lets gradient through δ, which
+  makes an unselected slot part of the backtrack.) A consequence used by retrieval: scores of slots
+  outside the top K+1 never matter, so only the top K+1 candidates need exact, in-graph scores.
+* **When N ≤ K** (not enough slots to have a (K+1)-th), δ = min_i a_i − 1: every stored slot gets a
+  positive weight, the lowest one included, and the weights are finite, non-negative and sum to
+  1 − O(ε). With N = 0 every weight is zero and the summary is zero.
+
+Invalid candidates (padding from a retrieval that found fewer than C slots) are marked by ``-inf``
+scores or an explicit ``valid`` mask and always get weight 0.
+
+Shapes: B queries (the batch), C candidates, K = k_top.
+"""
+from __future__ import annotations
+
+import torch
+
+LOW_N_MARGIN = 1.0  # δ = min score − LOW_N_MARGIN when a query has N ≤ K valid slots
+
+
+@torch.no_grad()
+def sparsity_threshold(scores: torch.Tensor, k: int, valid: torch.Tensor) -> torch.Tensor:
+    """δ per query, shape (B, 1), detached. See the module docstring for the N ≤ K rule.
+
+    scores: (B, C); valid: (B, C) bool.
+    """
+    masked = scores.masked_fill(~valid, float("-inf"))
+    lowest_valid = scores.masked_fill(~valid, float("inf")).amin(dim=1)
+    if scores.shape[1] > k:
+        kth_plus_one = masked.topk(k + 1, dim=1).values[:, k]
+    else:
+        kth_plus_one = torch.full_like(lowest_valid, float("-inf"))
+    enough = valid.sum(dim=1) > k
+    return torch.where(enough, kth_plus_one, lowest_valid - LOW_N_MARGIN).unsqueeze(1)
+
+
+def relu_normalise(
+    scores: torch.Tensor, threshold: torch.Tensor, eps: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """w = ReLU(a − δ) / (Σ ReLU(a − δ) + ε) with δ given; scores (B, C), threshold (B, 1).
+
+    Entries outside ``valid`` (B, C) take no part, neither in the numerator nor in the sum.
+    """
+    shifted = torch.relu(scores - threshold)
+    if valid is not None:
+        shifted = shifted * valid
+    return shifted / (shifted.sum(dim=1, keepdim=True) + eps)
+
+
+def sparse_attention_weights(
+    scores: torch.Tensor, k: int, eps: float = 1e-7, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sparse attention weights (B, C) from scores (B, C): at most K non-zero per row.
+
+    Example::
+
+        >>> w = sparse_attention_weights(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), k=2)
+        >>> [round(v, 3) for v in w[0].tolist()]
+        [0.667, 0.0, 0.333, 0.0]
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if valid is None:
+        valid = torch.isfinite(scores)
+    # Padding is replaced by a finite value so that no inf/NaN can enter the backward pass.
+    finite = scores.masked_fill(~valid, 0.0)
+    threshold = sparsity_threshold(finite, k, valid)
+    # A row with no valid slot has threshold +inf − 1; ReLU then gives exact zeros.
+    threshold = torch.where(torch.isfinite(threshold), threshold, torch.zeros_like(threshold))
+    return relu_normalise(finite, threshold, eps, valid)
+
+
+def sparse_attention_weights_reference(scores: torch.Tensor, k: int, eps: float = 1e-7) -> torch.Tensor:
+    """The slow, obvious twin of ``sparse_attention_weights``: one row at a time, δ as a Python float.
+
+    Padding must be given as ``-inf`` scores.
+    """
+    rows = []
+    for row in scores:
+        valid = torch.isfinite(row)
+        values = sorted(row[valid].tolist(), reverse=True)
+        out = torch.zeros_like(row)
+        if values:
+            delta = values[k] if len(values) > k else values[-1] - LOW_N_MARGIN
+            shifted = torch.relu(row[valid] - delta)
+            out = out.masked_scatter(valid, shifted / (shifted.sum() + eps))
+        rows.append(out)
+    return torch.stack(rows)

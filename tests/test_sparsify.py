@@ -1,0 +1,109 @@
+"""The sparsifier against its slow reference: values, gradients, the N ≤ K rule and the empty memory."""
+import pytest
+import torch
+
+from sab_mips.sparsify import (
+    relu_normalise,
+    sparse_attention_weights,
+    sparse_attention_weights_reference,
+    sparsity_threshold,
+)
+
+INF = float("inf")
+
+
+def random_scores(B=6, C=9, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, C, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 9, 12])
+def test_matches_reference_values_and_gradients(k):
+    scores = random_scores()
+    scores[1, 5:] = -INF  # a row with only 5 valid slots (padding)
+    scores[2, :] = -INF  # a row with none
+    fast_in = scores.clone().requires_grad_()
+    ref_in = scores.clone().requires_grad_()
+    fast = sparse_attention_weights(fast_in, k)
+    ref = sparse_attention_weights_reference(ref_in, k)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    upstream = random_scores(seed=1)
+    (fast * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(fast_in.grad, ref_in.grad, rtol=0, atol=1e-12)
+    assert torch.isfinite(fast_in.grad).all()
+
+
+def test_exactly_k_nonzero_when_more_than_k_slots():
+    scores = random_scores(B=20, C=12)
+    for k in range(1, 12):
+        weights = sparse_attention_weights(scores, k)
+        assert ((weights > 0).sum(dim=1) == k).all()
+        torch.testing.assert_close(weights.sum(dim=1), torch.ones(20, dtype=torch.float64), rtol=0, atol=1e-5)
+        # the non-zero weights sit on the K largest scores
+        top = scores.topk(k, dim=1).indices
+        assert (weights.gather(1, top) > 0).all()
+
+
+def test_official_defect_is_not_copied():
+    """The released code subtracts the K-th score, leaving only K−1 non-zero weights; we keep K."""
+    weights = sparse_attention_weights(torch.tensor([[4.0, 3.0, 2.0, 1.0]]), k=2)
+    assert (weights > 0).sum() == 2
+    torch.testing.assert_close(weights, torch.tensor([[2 / 3, 1 / 3, 0.0, 0.0]]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_valid", [1, 2, 3])
+def test_rule_when_n_at_most_k(n_valid):
+    """N ≤ K: δ = min − 1, every slot positive, finite, normalised (never raw scores)."""
+    scores = torch.full((1, 5), -INF, dtype=torch.float64)
+    scores[0, :n_valid] = torch.tensor([5.0, -2.0, 0.5][:n_valid], dtype=torch.float64)
+    weights = sparse_attention_weights(scores, k=3)
+    assert torch.isfinite(weights).all()
+    assert (weights[0, :n_valid] > 0).all() and (weights[0, n_valid:] == 0).all()
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-6)
+    low = scores[0, :n_valid].min()
+    expected = (scores[0, :n_valid] - (low - 1)) / (scores[0, :n_valid] - (low - 1)).sum()
+    torch.testing.assert_close(weights[0, :n_valid], expected, rtol=0, atol=1e-6)
+
+
+def test_empty_memory_gives_zero_weights_and_finite_gradients():
+    scores = torch.full((3, 4), -INF, dtype=torch.float64, requires_grad=True)
+    weights = sparse_attention_weights(scores, k=2)
+    assert (weights == 0).all()
+    weights.sum().backward()
+    assert torch.isfinite(scores.grad).all() and (scores.grad == 0).all()
+
+
+def test_threshold_carries_no_gradient():
+    """Only the K selected scores receive gradient; the (K+1)-th (δ) and the rest get exactly zero."""
+    scores = random_scores(B=4, C=7).requires_grad_()
+    weights = sparse_attention_weights(scores, k=3)
+    weights[:, 0].sum().backward()
+    selected = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(3, dim=1).indices, True)
+    assert (scores.grad[~selected] == 0).all()
+    assert (scores.grad[selected] != 0).any()
+
+
+def test_gradcheck_relu_normalise_float64():
+    scores = random_scores(B=3, C=6).requires_grad_()
+    threshold = (scores.detach().sort(dim=1, descending=True).values[:, 3:4] - 0.05).requires_grad_()
+    assert torch.autograd.gradcheck(lambda s, d: relu_normalise(s, d, 1e-7), (scores, threshold))
+
+
+def test_gradcheck_sparse_weights_away_from_ties():
+    """With δ held fixed by the selection (no gradient), the weights are smooth in the selected scores."""
+    scores = random_scores(B=3, C=6, seed=3)
+    k = 3
+    delta = sparsity_threshold(scores, k, torch.ones_like(scores, dtype=torch.bool))
+    selected = scores > delta
+
+    def weights_of_selected(values):
+        full = scores.masked_scatter(selected, values)
+        return sparse_attention_weights(full, k)
+
+    assert torch.autograd.gradcheck(weights_of_selected, (scores[selected].clone().requires_grad_(),))
+
+
+def test_k_must_be_positive():
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        sparse_attention_weights(torch.zeros(1, 3), k=0)
