@@ -50,6 +50,7 @@ class MIPSIndex(ABC):
 
     name: ClassVar[str]
     params: ClassVar[dict[str, Param]] = {}
+    exact: ClassVar[bool] = False  # True: returns the true top-k, padded only when fewer than k keys exist
 
     def __init__(self, **values: Any) -> None:
         self._values: dict[str, Any] = {}

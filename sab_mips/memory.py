@@ -76,8 +76,8 @@ class SlotMemory:
             if self.grad_buffer is not None:
                 grown[:, : self.grad_buffer.shape[1]] = self.grad_buffer
             self.grad_buffer = grown
-        rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(ids)
-        self.grad_buffer.index_put_((rows, ids), grad, accumulate=True)
+        flat_grad = self.grad_buffer.view(-1, self.grad_buffer.shape[2])
+        flat_grad.index_add_(0, _flat_ids(self.grad_buffer, ids), grad.reshape(-1, grad.shape[2]))
 
     def _take_grad(self, slot: int) -> torch.Tensor | None:
         if self.grad_buffer is None:
@@ -87,9 +87,16 @@ class SlotMemory:
         return grad
 
 
+def _flat_ids(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Row numbers (B*C,) of slots ``ids`` (B, C) in ``values`` (B, capacity, H) viewed as (B*capacity, H)."""
+    offsets = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1) * values.shape[1]
+    return (ids + offsets).reshape(-1)
+
+
 def _gather(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1)
-    return values[rows, ids]  # (B, C, H)
+    # index_select on the flattened buffer is markedly cheaper than advanced indexing values[rows, ids]
+    flat = values.reshape(-1, values.shape[2]).index_select(0, _flat_ids(values, ids))
+    return flat.view(ids.shape[0], ids.shape[1], values.shape[2])  # (B, C, H)
 
 
 class _WriteSlot(torch.autograd.Function):

@@ -60,6 +60,8 @@ class _ForwardState:
         self.selected: list[torch.Tensor] = []
         self.weights: list[torch.Tensor] = []
         self.queries: list[torch.Tensor] | None = [] if collect_queries else None
+        self.query_matrix: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
 
     def write(self, h: torch.Tensor, t: int) -> None:
         self.memory.write(h, t)
@@ -96,6 +98,19 @@ def _stack_padded(rows: list[torch.Tensor], fill: float, dtype: torch.dtype) -> 
     for s, r in enumerate(rows):
         out[s, :, : r.shape[1]] = r.detach().cpu().to(dtype)
     return out
+
+
+def _lstm_step(input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, recurrent_weight: torch.Tensor):
+    """One LSTM step given the input half of the gates (B, 4H); the same maths as ``nn.LSTMCell``.
+
+    Gate order i, f, g, o as in torch; one sigmoid over all gates is cheaper than three small ones.
+    """
+    gates = torch.addmm(input_gates, h, recurrent_weight)  # (B, 4H)
+    H = h.shape[1]
+    i, f, _, o = gates.sigmoid().chunk(4, dim=1)
+    g = gates[:, 2 * H : 3 * H].tanh()
+    c = f * c + i * g
+    return o * c.tanh(), c
 
 
 class SABLSTM(nn.Module):
@@ -143,6 +158,12 @@ class SABLSTM(nn.Module):
         cfg = self.config
         B, T, _ = x.shape
         state = _ForwardState(self, x, record, collect_queries)
+        if isinstance(self.scorer, DotScorer):
+            state.query_matrix = self.scorer.query_matrix()  # (H, H), once per pass
+        # The input half of every step's gates in one matmul, outside the time loop.
+        cell = self.cell
+        input_gates = nn.functional.linear(x, cell.weight_ih, cell.bias_ih + cell.bias_hh)  # (B, T, 4H)
+        recurrent_weight = cell.weight_hh.t()  # (H, 4H)
         h = c = no_summary = x.new_zeros(B, cfg.hidden_size)
         hs: list[torch.Tensor] = []
         ss: list[torch.Tensor] = []
@@ -150,7 +171,7 @@ class SABLSTM(nn.Module):
         for start in range(0, T, segment):
             h, c = h.detach(), c.detach()  # the truncation boundary
             for t in range(start, min(start + segment, T)):
-                h, c = self.cell(x[:, t], (h, c))
+                h, c = _lstm_step(input_gates[:, t], h, c, recurrent_weight)
                 s = no_summary
                 if t % cfg.attend_every == 0 and state.memory.size > 0:
                     s = self._attend(h, state, t)
@@ -166,18 +187,23 @@ class SABLSTM(nn.Module):
     def _attend(self, h_hat: torch.Tensor, state: _ForwardState, t: int) -> torch.Tensor:
         """Sparse summary s_t (B, H) of the memory for provisional states ĥ_t (B, H)."""
         k = self.config.k_top
-        ids, query = self._retrieve(h_hat, state, k + 1)  # (B, C)
-        valid = ids >= 0
+        count = k + 1
+        ids, query = self._retrieve(h_hat, state, count)  # (B, C)
         slots = state.memory.read(ids)  # (B, C, H), in the graph
         scores = self._score(h_hat, query, slots)  # (B, C), in the graph
-        weights = sparse_attention_weights(scores, k, self.config.eps, valid)
+        # An exact search over at least C slots returns no padding: skip the masks.
+        full = state.memory.size >= count and (state.index is None or state.index.exact)
+        if full:
+            weights = sparse_attention_weights(scores, k, self.config.eps, all_valid=True)
+        else:
+            weights = sparse_attention_weights(scores, k, self.config.eps, valid=ids >= 0)
         state.log(t, ids, weights, k)
         return torch.bmm(weights.unsqueeze(1), slots).squeeze(1)
 
     def _retrieve(self, h_hat: torch.Tensor, state: _ForwardState, count: int):
         """Candidate slot ids (B, count), -1 padded, and the dot scorer's query q̃ (or None)."""
         if state.index is not None:
-            query = self.scorer.query(h_hat)  # (B, H), reused in the graph for the exact scores
+            query = h_hat @ state.query_matrix  # q̃ (B, H), reused in the graph for the exact scores
             if state.queries is not None:
                 state.queries.append(query.detach().clone())
             _, ids = state.index.search(query.detach(), count)
@@ -185,6 +211,8 @@ class SABLSTM(nn.Module):
         with torch.no_grad():
             scores = self.scorer(h_hat, state.memory.values())  # (B, N)
             top = scores.topk(min(count, state.memory.size), dim=1).indices
+        if top.shape[1] == count:
+            return top, None
         padding = top.new_full((top.shape[0], count - top.shape[1]), -1)
         return torch.cat([top, padding], dim=1), None
 
@@ -216,7 +244,7 @@ class DenseAttentionLSTM(SABLSTM):
         B, N = h_hat.shape[0], state.memory.size
         ids = torch.arange(N, device=h_hat.device).expand(B, N)
         slots = state.memory.read(ids)  # (B, N, H)
-        query = self.scorer.query(h_hat) if isinstance(self.scorer, DotScorer) else None
+        query = h_hat @ state.query_matrix if state.query_matrix is not None else None
         weights = torch.softmax(self._score(h_hat, query, slots), dim=1)  # (B, N)
         state.log(t, ids, weights, N)
         return torch.bmm(weights.unsqueeze(1), slots).squeeze(1)

@@ -50,6 +50,10 @@ class DotScorer(Scorer):
         """q̃ = W_kᵀ W_q h / sqrt(d_k), (B, H): score(h, m) = q̃·m."""
         return (self.query_proj(h) @ self.key_proj.weight) * self.scale
 
+    def query_matrix(self) -> torch.Tensor:
+        """A = W_qᵀ W_k / sqrt(d_k), (H, H), so that q̃ = h A. One matmul per step instead of two."""
+        return (self.query_proj.weight.t() @ self.key_proj.weight) * self.scale
+
     @staticmethod
     def score_query(query: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Scores (B, C) of slots (B, C, H) against q̃ (B, H)."""

@@ -1,0 +1,1 @@
+"""Benchmarks: they print tables and write JSON; they never assert."""

@@ -1,0 +1,66 @@
+"""``sab-mips info``: what can run here (versions, device, threads, retrieval backends, models, tasks).
+
+Example:
+    >>> print(info_text())
+    python   3.11.7
+    torch    2.13.0+cpu
+    ...
+"""
+from __future__ import annotations
+
+import importlib
+import platform
+
+
+def _version(module: str) -> str:
+    try:
+        return str(importlib.import_module(module).__version__)
+    except ImportError:
+        return "not installed"
+    except Exception as exc:  # a broken install should be reported, not crash the report
+        return f"unusable ({type(exc).__name__}: {exc})"
+
+
+def info_lines() -> list[str]:
+    """The report, one line per fact; never raises for a missing optional component."""
+    import torch
+
+    lines = [f"python     {platform.python_version()} ({platform.machine()}, {platform.system()})"]
+    lines += [f"{name:<10} {_version(name)}" for name in ("torch", "numpy", "faiss", "matplotlib", "tqdm")]
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        lines.append(f"device     cuda ({torch.cuda.device_count()}: {names})")
+    else:
+        lines.append("device     cpu (CUDA not available)")
+    lines.append(f"threads    {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op")
+
+    lines.append("retrieval backends:")
+    try:
+        from indexes import available_backends
+
+        for name, reason in available_backends().items():
+            lines.append(f"  {name:<12} {'available' if reason is None else 'unavailable: ' + reason}")
+    except Exception as exc:
+        lines.append(f"  (cannot list: {type(exc).__name__}: {exc})")
+
+    lines.append("models:")
+    try:
+        from .config import MODEL_DOCS, MODEL_FIELDS
+        from .models import MODELS
+
+        for name in MODELS:
+            used = ", ".join(MODEL_FIELDS.get(name, ())) or "-"
+            lines.append(f"  {name:<12} {MODEL_DOCS.get(name, '')} [options: {used}]")
+    except Exception as exc:
+        lines.append(f"  (cannot list: {type(exc).__name__}: {exc})")
+
+    lines.append("tasks:")
+    from experiments.tasks import TASKS
+
+    for task in TASKS.values():
+        lines.append(f"  {task.name:<12} {task.describe} (T >= {task.min_T})")
+    return lines
+
+
+def info_text() -> str:
+    return "\n".join(info_lines())

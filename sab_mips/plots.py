@@ -1,0 +1,64 @@
+"""PNG figures of a run: learning curves from metrics.jsonl and an attention map from one forward pass.
+
+Matplotlib runs on the Agg backend (files only, no screen), so plotting works on headless machines and CI.
+
+Example:
+    >>> plot_learning_curves(read_metrics("runs/x/metrics.jsonl"), "runs/x/curves.png", primary="accuracy")
+    >>> plot_attention_map(record.attention_map(b=0), "runs/x/attention.png", title="copy T=20")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+import torch  # noqa: E402
+
+
+def plot_learning_curves(records: list[dict[str, Any]], path: str | Path, primary: str, title: str = "") -> Path:
+    """Two panels: training loss vs update, and the eval ``primary`` metric vs update (one line per eval T).
+
+    ``records`` are metrics.jsonl lines; train lines have ``split == "train"``, eval lines ``"eval"``.
+    """
+    train = [r for r in records if r.get("split") == "train" and "loss" in r]
+    evals = [r for r in records if r.get("split") == "eval" and primary in r]
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train")
+    for T in sorted({r.get("T") for r in evals}, key=lambda t: (t is None, t)):
+        points = sorted((r["step"], r[primary]) for r in evals if r.get("T") == T)
+        ax_eval.plot([s for s, _ in points], [v for _, v in points], marker="o", ms=3, label=f"eval T={T}")
+        eval_loss = sorted((r["step"], r["loss"]) for r in evals if r.get("T") == T and "loss" in r)
+        if eval_loss:
+            ax_loss.plot([s for s, _ in eval_loss], [v for _, v in eval_loss], marker="o", ms=3, label=f"eval T={T}")
+    ax_loss.set(xlabel="update", ylabel="loss", title="loss")
+    ax_loss.set_yscale("log")
+    ax_eval.set(xlabel="update", ylabel=primary, title=f"eval {primary}")
+    for ax in (ax_loss, ax_eval):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_attention_map(attention: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """Heat map of a (L, L) attention matrix: row t = attending step, column u = step that wrote the slot."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(attention.detach().cpu().numpy(), cmap="viridis", origin="upper", aspect="auto",
+                      interpolation="nearest", vmin=0.0)
+    ax.set(xlabel="slot written at step u", ylabel="attending step t", title=title or "attention weights")
+    fig.colorbar(image, ax=ax, label="weight")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
