@@ -29,7 +29,17 @@ PROG = "sab-mips"
 TASK_SIZED = ("input_size", "output_size")  # SABConfig fields set by the task, not by flags
 ALWAYS_USED = ("model", "hidden_size", *TASK_SIZED)  # SABConfig fields every model reads
 BENCHMARKS = {"step": "benchmarks.step", "retrieval": "benchmarks.retrieval"}
-TYPES = {"int": int, "float": float, "str": str}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+TYPES = {"int": int, "float": float, "str": str, "bool": _bool}  # argparse parsers by annotation
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,8 +18,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import torch  # noqa: E402
 
 
+def _running_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each position (shorter at the start), to read noisy curves."""
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
+
+
 def plot_learning_curves(records: list[dict[str, Any]], path: str | Path, primary: str, title: str = "") -> Path:
-    """Two panels: training loss vs update, and the eval ``primary`` metric vs update (one line per eval T).
+    """Two panels: training loss (raw and running mean) vs update, and the eval ``primary`` metric vs update (one line per eval T).
 
     ``records`` are metrics.jsonl lines; train lines have ``split == "train"``, eval lines ``"eval"``.
     """
@@ -27,13 +35,16 @@ def plot_learning_curves(records: list[dict[str, Any]], path: str | Path, primar
     evals = [r for r in records if r.get("split") == "eval" and primary in r]
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
-        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train")
-    for T in sorted({r.get("T") for r in evals}, key=lambda t: (t is None, t)):
+        steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
+        ax_loss.plot(steps, losses, lw=0.6, alpha=0.35, color="C0")
+        ax_loss.plot(steps, _running_mean(losses, max(1, len(losses) // 50)), lw=1.2, color="C0", label="train")
+    for i, T in enumerate(sorted({r.get("T") for r in evals}, key=lambda t: (t is None, t))):
+        style = dict(marker="o", ms=3, color=f"C{i + 1}", label=f"eval T={T}")  # C0 is the train curve
         points = sorted((r["step"], r[primary]) for r in evals if r.get("T") == T)
-        ax_eval.plot([s for s, _ in points], [v for _, v in points], marker="o", ms=3, label=f"eval T={T}")
+        ax_eval.plot([s for s, _ in points], [v for _, v in points], **style)
         eval_loss = sorted((r["step"], r["loss"]) for r in evals if r.get("T") == T and "loss" in r)
         if eval_loss:
-            ax_loss.plot([s for s, _ in eval_loss], [v for _, v in eval_loss], marker="o", ms=3, label=f"eval T={T}")
+            ax_loss.plot([s for s, _ in eval_loss], [v for _, v in eval_loss], **style)
     ax_loss.set(xlabel="update", ylabel="loss", title="loss")
     ax_loss.set_yscale("log")
     ax_eval.set(xlabel="update", ylabel=primary, title=f"eval {primary}")

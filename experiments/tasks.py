@@ -1,0 +1,174 @@
+"""The task registry: synthetic long-range problems generated on the fly (SPEC §6).
+
+Every task exposes the same small interface, so one training loop serves them all:
+
+    task = TASKS["copy"]
+    x, y = task.make_batch(T=100, batch_size=64, generator=torch.Generator().manual_seed(0))
+    logits = model(x)                        # (B, L, task.output_size)
+    loss = task.loss(logits, y)              # scalar, what training minimises
+    task.metrics(logits, y)                  # {"loss": ..., "accuracy": ...}
+
+Shapes: B batch, L = task.seq_len(T) time steps, C = task.output_size.
+``T`` is the task's length parameter (copy: blanks + 1; adding: sequence length), so the same model can be
+evaluated at another T than it was trained at (transfer).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+
+
+class Task(ABC):
+    """A sequence task; subclasses set the class attributes and the four methods.
+
+    Attributes:
+        name: registry key.
+        input_size: features per input step.
+        output_size: logits per step (classes, or 1 for regression).
+        min_T: smallest valid length parameter.
+        primary: the metric shown in progress bars and summaries.
+        higher_is_better: whether a larger ``primary`` is better.
+        describe: one line for ``--help`` and ``sab-mips info``.
+    """
+
+    name: str
+    input_size: int
+    output_size: int
+    min_T: int
+    primary: str
+    higher_is_better: bool
+    describe: str
+
+    def check_T(self, T: int) -> None:
+        """Raise ValueError unless T is a valid length parameter for this task."""
+        if not isinstance(T, int) or T < self.min_T:
+            raise ValueError(f"T={T!r} is too small for task '{self.name}' (needs T >= {self.min_T})")
+
+    @abstractmethod
+    def seq_len(self, T: int) -> int:
+        """Number of time steps L of a sequence with length parameter T."""
+
+    @abstractmethod
+    def make_batch(self, T: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw a batch: x (B, L, input_size) float32 and the targets y, a pure function of the generator state."""
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss (a differentiable scalar) of logits (B, L, C) against y."""
+
+    @abstractmethod
+    def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Evaluation metrics as plain floats; always includes ``loss`` and ``primary``."""
+
+
+class CopyTask(Task):
+    """Memorise 10 digits, wait T steps, reproduce them (the released SAB code's format).
+
+    Sequence of L = T + 20 steps over 10 symbols (0 blank, 1–8 digits, 9 marker):
+    steps 0..9 hold the digits, then T − 1 blanks, the marker at step T + 9, then 10 blanks.
+    Targets are blanks for the first T + 10 steps, then the 10 digits.
+
+    x: (B, T + 20, 10) one-hot float32; y: (B, T + 20) int64 class indices.
+    Metrics: ``accuracy`` over the last 10 steps, cross-entropy over all steps (``loss`` = ``ce_all``)
+    and over the last 10 (``ce_last10``). The training loss is the cross-entropy over all steps.
+
+    Example:
+        >>> x, y = TASKS["copy"].make_batch(5, 2, torch.Generator().manual_seed(0))
+        >>> x.shape, y.shape
+        (torch.Size([2, 25, 10]), torch.Size([2, 25]))
+    """
+
+    name = "copy"
+    input_size = 10
+    output_size = 10
+    min_T = 1
+    primary = "accuracy"
+    higher_is_better = True
+    describe = "copy: recall 10 digits (1-8) after T-1 blanks and a marker; accuracy on the last 10 steps"
+    n_digits = 10
+    blank, marker = 0, 9
+
+    def seq_len(self, T: int) -> int:
+        return T + 2 * self.n_digits
+
+    def make_batch(self, T: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_T(T)
+        L, n = self.seq_len(T), self.n_digits
+        digits = torch.randint(1, 9, (batch_size, n), generator=generator)  # (B, 10), values 1..8
+        inputs = torch.full((batch_size, L), self.blank, dtype=torch.long)
+        inputs[:, :n] = digits
+        inputs[:, T + n - 1] = self.marker
+        y = torch.full((batch_size, L), self.blank, dtype=torch.long)
+        y[:, -n:] = digits
+        x = F.one_hot(inputs, self.input_size).float()  # (B, L, 10)
+        return x, y
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        n = self.n_digits
+        last_logits, last_y = logits[:, -n:], y[:, -n:]
+        ce_all = self.loss(logits, y).item()
+        ce_last = F.cross_entropy(last_logits.reshape(-1, logits.shape[-1]), last_y.reshape(-1)).item()
+        accuracy = (last_logits.argmax(-1) == last_y).float().mean().item()
+        return {"loss": ce_all, "accuracy": accuracy, "ce_all": ce_all, "ce_last10": ce_last}
+
+
+class AddingTask(Task):
+    """Add the two marked values of a sequence (Hochreiter & Schmidhuber 1997).
+
+    Sequence of L = T steps with two channels: a value drawn uniformly in [0, 1] and a marker bit.
+    Exactly one marker lies in the first half (steps 0..T//2 − 1) and one in the second (T//2..T − 1).
+    The target is the sum of the two marked values, read from the output at the last step.
+
+    x: (B, T, 2) float32; y: (B,) float32. Loss and metric ``mse``: squared error at the last step.
+
+    Example:
+        >>> x, y = TASKS["adding"].make_batch(6, 2, torch.Generator().manual_seed(0))
+        >>> x.shape, y.shape, x[..., 1].sum(1).tolist()
+        (torch.Size([2, 6, 2]), torch.Size([2]), [2.0, 2.0])
+    """
+
+    name = "adding"
+    input_size = 2
+    output_size = 1
+    min_T = 2
+    primary = "mse"
+    higher_is_better = False
+    describe = "adding: sum the two marked values (one per half) of a length-T sequence; MSE at the last step"
+
+    def seq_len(self, T: int) -> int:
+        return T
+
+    def make_batch(self, T: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_T(T)
+        half = T // 2
+        values = torch.rand(batch_size, T, generator=generator)  # (B, T) in [0, 1)
+        first = torch.randint(0, half, (batch_size,), generator=generator)
+        second = torch.randint(half, T, (batch_size,), generator=generator)
+        markers = torch.zeros(batch_size, T)
+        rows = torch.arange(batch_size)
+        markers[rows, first] = 1.0
+        markers[rows, second] = 1.0
+        y = values[rows, first] + values[rows, second]  # (B,)
+        return torch.stack([values, markers], dim=-1), y
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(logits[:, -1, 0], y)
+
+    def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        mse = self.loss(logits, y).item()
+        return {"loss": mse, "mse": mse}
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (CopyTask(), AddingTask())}
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``; ValueError listing the valid names otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid choices: {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,150 @@
+"""The sab-mips command line, called in-process: a full smoke run and one clean error line per mistake."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from experiments.tasks import TASKS
+from sab_mips.checkpoint import read_metrics
+from sab_mips.cli import build_parser, configs_from_args, main
+
+TINY_SAB = ["--model", "sab", "--hidden-size", "8", "--k-top", "2", "--k-att", "2", "--k-trunc", "3", "--attn-dim", "8"]
+TINY_RUN = ["--task", "copy", "--T", "3", "--batch-size", "2", "--eval-batches", "1", "--no-progress"]
+
+
+def _error(capsys, argv: list[str]) -> str:
+    """Run main(argv), assert it failed with status 2 and one stderr line, return that line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sab-mips: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_train_resume_eval_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY_SAB, *TINY_RUN, "--steps", "2", "--eval-every", "2", "--run-dir", str(run)]) == 0
+    assert "done: copy T=3 model=sab steps=2" in capsys.readouterr().out
+    # On resume the saved config is the base: the model flags may be left out; steps may grow.
+    assert main(["train", "--run-dir", str(run), "--resume", "--steps", "4", "--no-progress"]) == 0
+    assert "steps=4" in capsys.readouterr().out
+    assert main(["eval", "--run", str(run), "--T", "6", "--batches", "1"]) == 0
+    assert "T=6 (trained at T=3)" in capsys.readouterr().out
+    transfer = [r for r in read_metrics(run / "metrics.jsonl") if r.get("source") == "sab-mips eval"]
+    assert len(transfer) == 1 and transfer[0]["T"] == 6 and transfer[0]["step"] == 4
+    out = tmp_path / "plots"
+    assert main(["plot", "--run", str(run), "--out", str(out)]) == 0
+    for name in ("learning_curves.png", "attention.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_plot_skips_the_attention_map_of_models_without_attention(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lstm", "--hidden-size", "8", *TINY_RUN, "--steps", "1", "--run-dir", str(run)]) == 0
+    assert main(["plot", "--run", str(run)]) == 0
+    assert "no attention" in capsys.readouterr().out
+    assert (run / "learning_curves.png").stat().st_size > 0 and not (run / "attention.png").exists()
+
+
+def test_config_file_with_flag_overrides(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": {"model": "tbptt", "hidden_size": 8, "k_trunc": 2},
+                                  "train": {"task": "adding", "T": 4, "batch_size": 2, "steps": 5}}))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--steps", "1", "--eval-batches", "1", "--no-progress",
+                 "--run-dir", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["steps"] == 1 and saved["train"]["task"] == "adding" and saved["model"]["k_trunc"] == 2
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"model": "lstm", "k_top": 3}))  # a flat config with an option lstm ignores
+    assert "has no effect on model 'lstm'" in _error(capsys, ["train", "--config", str(flat), "--run-dir", str(run)])
+
+
+@pytest.fixture
+def finished_run(tmp_path, capsys):
+    run = tmp_path / "done"
+    assert main(["train", *TINY_SAB, *TINY_RUN, "--steps", "1", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    return run
+
+
+def test_refusals_of_a_run_directory(tmp_path, capsys, finished_run):
+    run = str(finished_run)
+    assert "k_top=2 (saved) vs 3 (requested)" in _error(capsys, ["train", "--run-dir", run, "--resume", "--k-top", "3"])
+    assert "already holds a run" in _error(capsys, ["train", *TINY_SAB, "--run-dir", run])
+    assert "no checkpoint" in _error(capsys, ["train", "--run-dir", str(tmp_path / "new"), "--resume"])
+    for command in ("eval", "plot"):
+        assert "does not exist" in _error(capsys, [command, "--run", str(tmp_path / "missing")])
+    assert "too small" in _error(capsys, ["eval", "--run", run, "--T", "0"])
+    checkpoint = finished_run / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # truncated
+    assert "corrupt" in _error(capsys, ["eval", "--run", run])
+    checkpoint.write_bytes(b"garbage")
+    assert "corrupt" in _error(capsys, ["train", "--run-dir", run, "--resume"])
+    assert "corrupt" in _error(capsys, ["plot", "--run", run])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "nope"], "unknown task 'nope'; valid choices: copy, adding"),
+    (["--model", "nope"], "unknown model 'nope'; valid choices: sab, dense, tbptt, lstm"),
+    (["--scorer", "nope"], "unknown scorer 'nope'; valid choices: dot, additive, official"),
+    (["--k-top", "0"], "k_top must be an integer >= 1"),
+    (["--k-trunc", "0"], "k_trunc must be an integer >= 1"),
+    (["--k-top", "two"], "invalid int value"),
+    (["--task", "adding", "--T", "1"], "T=1 is too small for task 'adding' (needs T >= 2)"),
+    (["--task", "copy", "--eval-T", "0"], "eval_T must be an integer >= 1"),
+    (["--model", "lstm", "--k-top", "3"], "--k-top has no effect on model 'lstm'"),
+    (["--model", "tbptt", "--scorer", "dot"], "--scorer has no effect on model 'tbptt'"),
+    (["--config", "/nonexistent/c.json"], "cannot read --config file"),
+    (["--model", "lstm", "--record-memories", "m.npz", "--T", "2", "--steps", "1"], "record-memories"),
+    (["--record-count", "0"], "--record-count must be >= 1"),
+])
+def test_train_errors(tmp_path, capsys, argv, message):
+    assert message in _error(capsys, ["train", "--no-progress", "--run-dir", str(tmp_path / "r"), *argv])
+
+
+def test_unreadable_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert "cannot read --config file" in _error(capsys, ["train", "--config", str(bad), "--run-dir", str(tmp_path)])
+    bad.write_text(json.dumps({"model": {"k_topp": 3}}))
+    assert "unknown config field(s) k_topp" in _error(capsys, ["train", "--config", str(bad), "--run-dir", str(tmp_path)])
+
+
+def test_unknown_command_and_missing_arguments(capsys):
+    assert "invalid choice" in _error(capsys, ["frobnicate"])
+    assert "required" in _error(capsys, ["train"])
+
+
+def test_help_everywhere(capsys):
+    for argv in (["--help"], ["train", "--help"], ["eval", "--help"], ["plot", "--help"], ["info", "--help"],
+                 ["bench", "--help"]):
+        assert main(argv) == 0
+    assert "--k-top" in capsys.readouterr().out
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for word in ("torch", "numpy", "faiss", "device", "threads", "exact", "copy"):
+        assert word in out
+
+
+def test_bench_dispatches_the_remaining_arguments(monkeypatch, capsys):
+    seen = {}
+    fake = types.ModuleType("benchmarks.step")
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "benchmarks.step", fake)
+    assert main(["bench", "step", "--T", "100", "--help"]) == 0
+    assert seen["argv"] == ["--T", "100", "--help"]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("experiments", "configs").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_example_configs_are_valid(path, tmp_path):
+    args = build_parser().parse_args(["train", "--config", str(path), "--run-dir", str(tmp_path)])
+    model_cfg, train_cfg = configs_from_args(args)
+    assert model_cfg.input_size == TASKS[train_cfg.task].input_size

@@ -1,0 +1,88 @@
+"""The synthetic tasks produce exactly the documented format (SPEC §6), and their metrics are sane."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from experiments.tasks import TASKS, get_task
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("T", [1, 2, 7])
+def test_copy_format(T):
+    task = TASKS["copy"]
+    x, y = task.make_batch(T, 4, _gen())
+    L = T + 20
+    assert x.shape == (4, L, 10) and x.dtype == torch.float32
+    assert y.shape == (4, L) and y.dtype == torch.int64
+    assert torch.equal(x.sum(-1), torch.ones(4, L))  # one-hot
+    symbols = x.argmax(-1)  # (B, L)
+    digits = symbols[:, :10]
+    assert ((digits >= 1) & (digits <= 8)).all()
+    assert (symbols[:, 10:T + 9] == 0).all()  # T - 1 blanks
+    assert (symbols[:, T + 9] == 9).all()  # the marker
+    assert (symbols[:, T + 10:] == 0).all()  # 10 blanks while the answer is due
+    assert (y[:, :T + 10] == 0).all()
+    assert torch.equal(y[:, T + 10:], digits)
+
+
+@pytest.mark.parametrize("T", [2, 3, 9])
+def test_adding_format(T):
+    task = TASKS["adding"]
+    x, y = task.make_batch(T, 8, _gen(1))
+    assert x.shape == (8, T, 2) and y.shape == (8,)
+    values, markers = x[..., 0], x[..., 1]
+    assert ((values >= 0) & (values <= 1)).all()
+    assert set(markers.unique().tolist()) <= {0.0, 1.0}
+    half = T // 2
+    assert (markers[:, :half].sum(1) == 1).all() and (markers[:, half:].sum(1) == 1).all()
+    assert torch.allclose(y, (values * markers).sum(1))
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_batches_are_a_pure_function_of_the_generator(name):
+    task = TASKS[name]
+    T = task.min_T + 3
+    a, b = task.make_batch(T, 3, _gen(5)), task.make_batch(T, 3, _gen(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (3, task.seq_len(T), task.input_size)
+    assert not torch.equal(a[0], task.make_batch(T, 3, _gen(6))[0])
+
+
+def test_copy_metrics_on_perfect_and_wrong_logits():
+    task = TASKS["copy"]
+    x, y = task.make_batch(4, 3, _gen())
+    perfect = 50.0 * F.one_hot(y, 10).float()
+    metrics = task.metrics(perfect, y)
+    assert metrics["accuracy"] == 1.0
+    assert metrics["loss"] == metrics["ce_all"] < 1e-6 and metrics["ce_last10"] < 1e-6
+    wrong = perfect.clone()
+    wrong[:, -10:] = 50.0 * F.one_hot((y[:, -10:] % 8) + 1, 10).float()  # a different digit everywhere
+    assert task.metrics(wrong, y)["accuracy"] == 0.0
+    assert torch.isclose(task.loss(perfect, y), torch.tensor(metrics["ce_all"]))
+
+
+def test_adding_metrics_on_perfect_logits():
+    task = TASKS["adding"]
+    x, y = task.make_batch(6, 5, _gen())
+    logits = torch.randn(5, 6, 1)
+    logits[:, -1, 0] = y
+    assert task.metrics(logits, y) == {"loss": 0.0, "mse": 0.0}
+    logits[:, -1, 0] = y + 0.5
+    assert task.metrics(logits, y)["mse"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_too_small_T_is_refused(name):
+    task = TASKS[name]
+    with pytest.raises(ValueError, match=f"too small for task '{name}'"):
+        task.make_batch(task.min_T - 1, 2, _gen())
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(ValueError, match="valid choices: copy, adding"):
+        get_task("nope")

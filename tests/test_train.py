@@ -1,0 +1,120 @@
+"""The training loop: exact resume, metrics log, budgets, memory dumps, refusals."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.tasks import TASKS
+from sab_mips.checkpoint import load_checkpoint, read_metrics
+from sab_mips.config import SABConfig, TrainConfig
+from sab_mips.errors import UserError
+from sab_mips.train import evaluate, load_run, train
+
+TIMING = ("wall_time", "sec_per_update")
+
+
+def _cfgs(model: str = "sab", steps: int = 4, **train_kw) -> tuple[SABConfig, TrainConfig]:
+    extra = {"k_top": 2, "k_att": 2, "k_trunc": 3, "attn_dim": 8} if model == "sab" else {}
+    model_cfg = SABConfig(model=model, hidden_size=8, **extra)
+    train_kw = {"task": "copy", "T": 3, "batch_size": 2, "steps": steps, "eval_every": 2, "eval_batches": 1,
+                "checkpoint_every": 2, "seed": 3, **train_kw}
+    return model_cfg, TrainConfig(**train_kw)
+
+
+def _lines(run_dir) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("model", ["sab", "tbptt"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, model):
+    model_cfg, cfg = _cfgs(model, steps=4)
+    straight = train(model_cfg, cfg, tmp_path / "straight", progress=False)
+    train(model_cfg, cfg.replace(steps=2), tmp_path / "split", progress=False)
+    # A run killed after its checkpoint at step 2 may have logged step 3 (and a torn line): resume drops them.
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"split": "train", "step": 3, "loss": 9.0}) + "\n" + '{"split": "tr')
+    resumed = train(model_cfg, cfg, tmp_path / "split", resume=True, progress=False)
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 4
+    assert _same_state(a["model_state"], b["model_state"])
+    assert _lines(tmp_path / "straight") == _lines(tmp_path / "split")
+    assert straight["eval"] == resumed["eval"]
+    splits = [(r["split"], r["step"]) for r in _lines(tmp_path / "split")]
+    assert splits == [("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("train", 4), ("eval", 4)]
+
+
+def test_run_directory_files(tmp_path):
+    model_cfg, cfg = _cfgs("lstm", steps=3, task="adding", T=4)
+    summary = train(model_cfg, cfg, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"] == cfg.to_dict()
+    assert saved["model"]["input_size"] == 2 and saved["model"]["output_size"] == 1  # set by the task
+    train_line = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert {"split", "step", "loss", "mse", "wall_time", "sec_per_update"} <= set(train_line)
+    assert summary["steps"] == 3 and summary["stopped"] == "steps" and "mse" in summary["eval"]
+    model, task, _, _, state = load_run(tmp_path)
+    assert state["step"] == 3 and "optimizer_state" in state and "rng_state" in state
+    assert evaluate(model, task, 6, 1, 0, 2) == evaluate(model, task, 6, 1, 0, 2)  # transfer to another T
+
+
+def test_time_budget_stops_the_run(tmp_path):
+    model_cfg, cfg = _cfgs("lstm", steps=1000, time_budget=1e-9)
+    summary = train(model_cfg, cfg, tmp_path, progress=False)
+    assert summary["stopped"] == "time_budget" and summary["steps"] == 1
+
+
+def test_resume_refuses_a_different_config_but_extends_steps(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=2)
+    train(model_cfg, cfg, tmp_path, progress=False)
+    with pytest.raises(UserError, match="k_top=2 \\(saved\\) vs 3"):
+        train(model_cfg.replace(k_top=3), cfg, tmp_path, resume=True, progress=False)
+    with pytest.raises(UserError, match="lr="):
+        train(model_cfg, cfg.replace(lr=0.5), tmp_path, resume=True, progress=False)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(model_cfg, cfg, tmp_path, progress=False)
+    assert train(model_cfg, cfg.replace(steps=3), tmp_path, resume=True, progress=False)["steps"] == 3
+
+
+def test_resume_needs_a_sound_checkpoint(tmp_path):
+    model_cfg, cfg = _cfgs("lstm", steps=1)
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(model_cfg, cfg, tmp_path, resume=True, progress=False)
+    train(model_cfg, cfg, tmp_path, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:64])
+    with pytest.raises(UserError, match="corrupt"):
+        train(model_cfg, cfg, tmp_path, resume=True, progress=False)
+
+
+def test_record_memories_writes_the_documented_npz(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=1)
+    out = tmp_path / "memories.npz"
+    summary = train(model_cfg, cfg, tmp_path / "run", progress=False, record_memories=out, record_count=40)
+    data = np.load(out)
+    assert data["keys"].dtype == np.float32 and data["keys"].shape[1] == 8 and data["keys"].shape[0] >= 40
+    assert data["queries"].dtype == np.float32 and data["queries"].ndim == 2 and data["queries"].shape[1] == 8
+    assert int(data["hidden_size"]) == 8 and int(data["T"]) == 3 and str(data["task"]) == "copy"
+    assert summary["memories"]["keys"] == data["keys"].shape[0]
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_record_memories_refuses_models_without_memory(tmp_path):
+    model_cfg, cfg = _cfgs("lstm", steps=1)
+    with pytest.raises(UserError, match="record-memories"):
+        train(model_cfg, cfg, tmp_path, progress=False, record_memories=tmp_path / "m.npz")
+    assert not (tmp_path / "checkpoint.pt").exists()  # refused before any training
+
+
+def test_every_task_trains_with_the_shared_loop(tmp_path):
+    for name, task in TASKS.items():
+        model_cfg, cfg = _cfgs("tbptt", steps=1, task=name, T=task.min_T + 1)
+        assert task.primary in train(model_cfg, cfg, tmp_path / name, progress=False)["eval"]
