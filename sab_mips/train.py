@@ -173,7 +173,8 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, {
             "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "step": step,
-            "elapsed": elapsed, "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
+            "elapsed": elapsed, "skipped_updates": skipped,
+            "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
             "rng_state": torch.get_rng_state()})
 
     eval_T = train_cfg.eval_T or train_cfg.T
@@ -184,6 +185,7 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
         last_eval_step = step
     if resume:
         saved_step = step
+    skipped = int(state.get("skipped_updates", 0)) if resume else 0
     start, base_elapsed = time.perf_counter(), elapsed
     stopped = "steps"
     model.train()
@@ -209,12 +211,19 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
             loss.backward()
             # max_norm=inf still returns the norm, which is worth logging even without clipping.
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip or float("inf"))
-            optimizer.step()
+            # SAB's normalised sparsifier has gradients ~1/gap when the top K+1 scores nearly tie, and they
+            # can overflow; an update with a non-finite gradient is skipped (and counted), never applied.
+            finite = bool(torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+            else:
+                skipped += 1
             seconds = time.perf_counter() - t0
             step += 1
             elapsed = base_elapsed + time.perf_counter() - start
             metrics = task.metrics(logits.detach(), y)
             log.write({"split": "train", "step": step, "T": train_cfg.T, **metrics, "grad_norm": float(grad_norm),
+                       "skipped_updates": skipped,
                        "wall_time": elapsed, "sec_per_update": seconds})
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", **{task.primary: f"{metrics[task.primary]:.3f}"})
@@ -232,7 +241,8 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
 
     summary: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "model": model_cfg.model,
                                "T": train_cfg.T, "eval_T": eval_T, "steps": step, "wall_time": elapsed,
-                               "stopped": stopped, "primary": task.primary, "eval": last_eval}
+                               "stopped": stopped, "skipped_updates": skipped, "primary": task.primary,
+                               "eval": last_eval}
     if record_memories is not None:
         model.eval()
         summary["memories"] = {"path": str(record_memories),
