@@ -163,6 +163,9 @@ class SABLSTM(nn.Module):
         # The input half of every step's gates in one matmul, outside the time loop.
         cell = self.cell
         input_gates = nn.functional.linear(x, cell.weight_ih, cell.bias_ih + cell.bias_hh)  # (B, T, 4H)
+        # unbind, not input_gates[:, t]: the backward of T separate selects would build T zero-filled
+        # (B, T, 4H) gradients, O(T²) work; unbind's backward stacks the T step gradients once.
+        input_gates = input_gates.unbind(dim=1)
         recurrent_weight = cell.weight_hh.t()  # (H, 4H)
         h = c = no_summary = x.new_zeros(B, cfg.hidden_size)
         hs: list[torch.Tensor] = []
@@ -171,7 +174,7 @@ class SABLSTM(nn.Module):
         for start in range(0, T, segment):
             h, c = h.detach(), c.detach()  # the truncation boundary
             for t in range(start, min(start + segment, T)):
-                h, c = _lstm_step(input_gates[:, t], h, c, recurrent_weight)
+                h, c = _lstm_step(input_gates[t], h, c, recurrent_weight)
                 s = no_summary
                 if t % cfg.attend_every == 0 and state.memory.size > 0:
                     s = self._attend(h, state, t)
