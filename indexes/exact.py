@@ -2,10 +2,14 @@
 
 Shapes: B sequences, N keys per sequence, d key dimension, k results.
 
-One (B, capacity, d) buffer (``KeyStore``) holds all sequences' keys, so a search is a single batched
-matmul (B, N, d) x (B, d) -> (B, N) and one ``topk``: no per-sequence calls. The buffer doubles when
-full, so appending one slot at a time costs amortised O(B d). The other backends keep the same store
-for their exact re-rank and for rebuilds.
+One (B, capacity, d) buffer (``KeyStore``) holds all sequences' keys; a search computes the scores
+(B, N, d) x (B, d) -> (B, N) and takes one batched ``topk``. On CUDA the scores are one ``bmm``; on CPU
+they are an element-wise product and sum for small memories and B matrix-vector products written
+into one (B, N) buffer for large ones, because a batched matmul with one column runs far below memory
+bandwidth there (measured on a 2-core CPU, d=128: B=32, N=1000: 2.4 ms
+with ``bmm`` against 0.4 ms; B=4, N=10⁵: 44 ms against 28 ms). The buffer doubles when full, so appending
+one slot at a time costs amortised O(B d). The other backends keep the same store for their exact
+re-rank and for rebuilds.
 
 Example::
 
@@ -53,9 +57,22 @@ class KeyStore:
         return 0 if self._keys is None else self._keys.numel() * self._keys.element_size()
 
 
+# Up to this many keys per sequence an element-wise product and sum beats B matrix-vector calls on CPU
+# (measured, 1 thread, B=64, d=128: N=100: 0.28 ms against 0.49 ms for the loop and 1.0 ms for bmm);
+# above it the temporary (B, N, d) product costs more than the loop's call overhead.
+SMALL_MEMORY = 512
+
+
 def brute_force_topk(keys: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k: keys (B, N, d), queries (B, d) -> scores, ids (B, k), padded when N < k."""
-    scores = torch.bmm(keys, queries.unsqueeze(2)).squeeze(2)  # (B, N)
+    if keys.is_cuda:
+        scores = torch.bmm(keys, queries.unsqueeze(2)).squeeze(2)  # (B, N)
+    elif keys.shape[1] <= SMALL_MEMORY:
+        scores = (keys * queries.unsqueeze(1)).sum(dim=2)  # one pass, no per-sequence calls
+    else:
+        scores = keys.new_empty(keys.shape[:2])
+        for b in range(keys.shape[0]):
+            torch.mv(keys[b], queries[b], out=scores[b])
     top_scores, top_ids = scores.topk(min(k, keys.shape[1]), dim=1)
     return pad_results(top_scores, top_ids, k)
 

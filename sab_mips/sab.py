@@ -201,7 +201,7 @@ class SABLSTM(nn.Module):
         else:
             weights = sparse_attention_weights(scores, k, self.config.eps, valid=ids >= 0)
         state.log(t, ids, weights, k)
-        return torch.bmm(weights.unsqueeze(1), slots).squeeze(1)
+        return (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
 
     def _retrieve(self, h_hat: torch.Tensor, state: _ForwardState, count: int):
         """Candidate slot ids (B, count), -1 padded, and the dot scorer's query q̃ (or None)."""
