@@ -13,12 +13,13 @@ One step t, in the order of the code below:
 6. memory write          every k_att steps h_t becomes a new slot (not detached)
 
 The forward pass is organised around the truncation grid: segments of ``k_trunc`` steps, each starting
-from a detached (h, c). Gradient reaches the past only through the slots a step selected, and from each
-slot back along its own segment (SPEC §1 step 6).
+from a detached (h, c). Gradient reaches the past only through the slots a step selected (the K with
+weight, plus the (K+1)-th through its score, which sets δ), and from each slot back along its own
+segment (SPEC §1 step 6).
 
 Retrieval with the ``dot`` scorer goes through an index from ``indexes`` (``exact`` here): slots m_i are
-added as they are written and searched with q̃ = W_kᵀ W_q ĥ / sqrt(d_k). Because δ carries no gradient
-(see ``sparsify``), only the top K+1 scores matter, so scoring C = K+1 candidates in the graph gives
+added as they are written and searched with q̃ = W_kᵀ W_q ĥ / sqrt(d_k). The weights depend only on the
+top K+1 scores (see ``sparsify``), so scoring C = K+1 candidates in the graph gives
 exactly the outputs and gradients of scoring every slot — which ``reference.sab_forward_reference`` does.
 The other scorers select by a no-grad scan of all slots, then re-score the candidates the same way.
 

@@ -7,14 +7,18 @@ For one query with scores a_1..a_C over C candidate slots:
 
 so exactly K weights are non-zero (barring ties at δ). Two choices the formula leaves open, fixed here:
 
-* **δ is a selection decision, not a differentiable quantity.** Like the choice of the top-K set itself,
-  it is computed without gradient, so no gradient reaches the (K+1)-th slot or any other unselected
-  slot: gradients flow only into the K selected scores. (The released code lets gradient through δ, which
-  makes an unselected slot part of the backtrack.) A consequence used by retrieval: scores of slots
-  outside the top K+1 never matter, so only the top K+1 candidates need exact, in-graph scores.
+* **δ is differentiable**: the weights are a function of the K+1 largest scores, and their gradient is
+  the true gradient of that function (``gradcheck`` holds). The (K+1)-th slot has weight 0 and adds
+  nothing to the summary; it receives gradient only through its score, which sets the threshold. All
+  slots outside the top K+1 receive exactly zero gradient. A consequence used by retrieval: only the top
+  K+1 scores matter, so scoring K+1 candidates in the graph gives exactly the gradients of scoring all.
+  Why not detach δ: w is invariant to adding a constant to every score, and the true gradient respects
+  that (it depends on score differences only). With δ detached, the gradient gains a spurious common
+  mode along the mean slot; since SAB's slots accumulate summaries and grow in norm, that term grows
+  with them, and on the copy task at T=100 it overflowed float32 within 200 updates (measured).
 * **When N ≤ K** (not enough slots to have a (K+1)-th), δ = min_i a_i − 1: every stored slot gets a
   positive weight, the lowest one included, and the weights are finite, non-negative and sum to
-  1 − O(ε). With N = 0 every weight is zero and the summary is zero.
+  Σ/(Σ + ε) ≈ 1. With N = 0 every weight is zero and the summary is zero.
 
 Invalid candidates (padding from a retrieval that found fewer than C slots) are marked by ``-inf``
 scores or an explicit ``valid`` mask and always get weight 0.
@@ -28,9 +32,8 @@ import torch
 LOW_N_MARGIN = 1.0  # δ = min score − LOW_N_MARGIN when a query has N ≤ K valid slots
 
 
-@torch.no_grad()
 def sparsity_threshold(scores: torch.Tensor, k: int, valid: torch.Tensor) -> torch.Tensor:
-    """δ per query, shape (B, 1), detached. See the module docstring for the N ≤ K rule.
+    """δ per query, shape (B, 1), differentiable. See the module docstring for the N ≤ K rule.
 
     scores: (B, C); valid: (B, C) bool.
     """
@@ -76,9 +79,9 @@ def sparse_attention_weights(
     if valid is None and all_valid:
         # The hot path of SAB with a full candidate set: no masks, δ straight from topk.
         if scores.shape[1] > k:
-            threshold = scores.detach().topk(k + 1, dim=1).values[:, k:]
+            threshold = scores.topk(k + 1, dim=1).values[:, k:]
         else:
-            threshold = scores.detach().amin(dim=1, keepdim=True) - LOW_N_MARGIN
+            threshold = scores.amin(dim=1, keepdim=True) - LOW_N_MARGIN
         return relu_normalise(scores, threshold, eps)
     if valid is None:
         valid = torch.isfinite(scores)
@@ -91,16 +94,16 @@ def sparse_attention_weights(
 
 
 def sparse_attention_weights_reference(scores: torch.Tensor, k: int, eps: float = 1e-7) -> torch.Tensor:
-    """The slow, obvious twin of ``sparse_attention_weights``: one row at a time, δ as a Python float.
+    """The slow, obvious twin of ``sparse_attention_weights``: one row at a time, δ from a full sort.
 
     Padding must be given as ``-inf`` scores.
     """
     rows = []
     for row in scores:
         valid = torch.isfinite(row)
-        values = sorted(row[valid].tolist(), reverse=True)
+        values = row[valid].sort(descending=True).values
         out = torch.zeros_like(row)
-        if values:
+        if len(values):
             delta = values[k] if len(values) > k else values[-1] - LOW_N_MARGIN
             shifted = torch.relu(row[valid] - delta)
             out = out.masked_scatter(valid, shifted / (shifted.sum() + eps))

@@ -2,12 +2,7 @@
 import pytest
 import torch
 
-from sab_mips.sparsify import (
-    relu_normalise,
-    sparse_attention_weights,
-    sparse_attention_weights_reference,
-    sparsity_threshold,
-)
+from sab_mips.sparsify import relu_normalise, sparse_attention_weights, sparse_attention_weights_reference
 
 INF = float("inf")
 
@@ -74,14 +69,23 @@ def test_empty_memory_gives_zero_weights_and_finite_gradients():
     assert torch.isfinite(scores.grad).all() and (scores.grad == 0).all()
 
 
-def test_threshold_carries_no_gradient():
-    """Only the K selected scores receive gradient; the (K+1)-th (δ) and the rest get exactly zero."""
+def test_gradient_reaches_only_the_top_k_plus_one():
+    """The K selected scores and the (K+1)-th (through δ) receive gradient; every other score gets zero."""
     scores = random_scores(B=4, C=7).requires_grad_()
     weights = sparse_attention_weights(scores, k=3)
-    weights[:, 0].sum().backward()
-    selected = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(3, dim=1).indices, True)
-    assert (scores.grad[~selected] == 0).all()
-    assert (scores.grad[selected] != 0).any()
+    (weights * torch.arange(7.0, dtype=torch.float64)).sum().backward()
+    top = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(4, dim=1).indices, True)
+    assert (scores.grad[~top] == 0).all()
+    assert (scores.grad[top] != 0).all()
+
+
+def test_weights_are_shift_invariant_and_so_is_the_gradient():
+    """Adding a constant to every score changes nothing, so the gradient sums to zero in each row."""
+    scores = random_scores(B=5, C=8).requires_grad_()
+    weights = sparse_attention_weights(scores, k=3)
+    torch.testing.assert_close(sparse_attention_weights(scores.detach() + 7.5, k=3), weights.detach(), rtol=0, atol=1e-12)
+    (weights * random_scores(B=5, C=8, seed=9)).sum().backward()
+    torch.testing.assert_close(scores.grad.sum(dim=1), torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-6)
 
 
 def test_gradcheck_relu_normalise_float64():
@@ -90,18 +94,17 @@ def test_gradcheck_relu_normalise_float64():
     assert torch.autograd.gradcheck(lambda s, d: relu_normalise(s, d, 1e-7), (scores, threshold))
 
 
-def test_gradcheck_sparse_weights_away_from_ties():
-    """With δ held fixed by the selection (no gradient), the weights are smooth in the selected scores."""
-    scores = random_scores(B=3, C=6, seed=3)
-    k = 3
-    delta = sparsity_threshold(scores, k, torch.ones_like(scores, dtype=torch.bool))
-    selected = scores > delta
-
-    def weights_of_selected(values):
-        full = scores.masked_scatter(selected, values)
-        return sparse_attention_weights(full, k)
-
-    assert torch.autograd.gradcheck(weights_of_selected, (scores[selected].clone().requires_grad_(),))
+@pytest.mark.parametrize("k", [1, 3, 6, 8])
+def test_gradcheck_sparse_weights_float64(k):
+    """Away from ties the sparsifier is smooth; its gradient (δ included) is the true one."""
+    scores = random_scores(B=3, C=6, seed=3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda s: sparse_attention_weights(s, k), (scores,))
+    padded = scores.detach().clone()
+    padded[:, 4:] = -INF
+    valid = torch.isfinite(padded)
+    assert torch.autograd.gradcheck(
+        lambda s: sparse_attention_weights(s.masked_fill(~valid, -INF), k), (scores.detach().clone().requires_grad_(),)
+    )
 
 
 def test_k_must_be_positive():
