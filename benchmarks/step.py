@@ -3,8 +3,12 @@
 Runs SAB and the fused ``nn.LSTM`` with full BPTT in the same process on the same inputs and reports
 milliseconds per time step and the ratios that the targets are stated in:
 
-* ``sab/lstm``     SAB's cost over the fused LSTM's at the same T (target: at most 3x at T=1000);
-* ``sab/sab@T0``   SAB's cost at T over its cost at the smallest T (target: at most 1.5x at T=3000).
+* ``x lstm``  SAB's cost over the fused LSTM's at the same T (target: at most 3x at T=1000);
+* ``x T0``    SAB's cost per step at T over its cost per step at the smallest T (target: at most 1.5x at
+  T=3000).
+
+Settings are timed in interleaved rounds and each ratio is the median of per-round ratios, because this
+kind of machine is noisy: a ratio of two timings taken at the same moment is far steadier than either.
 
 Run: ``sab-mips bench step`` (or ``python -m benchmarks.step``); ``--help`` lists the options.
 Prints a table and writes JSON (atomically). Never asserts: speed is measured here, not in tests.
@@ -26,33 +30,34 @@ import torch
 from sab_mips import SABConfig, build_model
 
 
-def time_training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one full training step over ``repeats`` runs (after one warm-up).
+class TrainingStep:
+    """One model's full training step (forward, backward, Adam) on fixed inputs, repeatable.
 
     Every timed update starts from the same initial parameters and optimizer state, so each measures the
     same work (and an untrained SAB at large T, whose gradients can overflow, cannot poison later runs).
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    initial = copy.deepcopy(model.state_dict())
-    times = []
-    for i in range(repeats + 1):
-        model.load_state_dict(initial)
-        optimizer.state.clear()
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model, self.x, self.y = model, x, y
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.initial = copy.deepcopy(model.state_dict())
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def seconds(self) -> float:
+        self.model.load_state_dict(self.initial)
+        self.optimizer.state.clear()
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(self.x)
+        loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]), self.y.reshape(-1))
         loss.backward()
-        optimizer.step()
-        if i > 0:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        self.optimizer.step()
+        return time.perf_counter() - start
 
 
-def run(lengths: list[int], models: list[str], batch_size: int, hidden_size: int, k_att: int, k_top: int,
-        k_trunc: int, attend_every: int, repeats: int, seed: int) -> list[dict]:
-    rows = []
+def build_steps(lengths: list[int], models: list[str], batch_size: int, hidden_size: int, k_att: int,
+                k_top: int, k_trunc: int, attend_every: int, seed: int) -> dict[tuple[str, int], TrainingStep]:
+    steps = {}
     for T in lengths:
         g = torch.Generator().manual_seed(seed)
         x = torch.nn.functional.one_hot(torch.randint(0, 10, (batch_size, T), generator=g), 10).float()
@@ -66,16 +71,35 @@ def run(lengths: list[int], models: list[str], batch_size: int, hidden_size: int
             if name in ("sab", "tbptt"):
                 fields.update(k_trunc=k_trunc)
             torch.manual_seed(seed)
-            model = build_model(SABConfig(**fields))
-            seconds = time_training_step(model, x, y, repeats)
-            rows.append({"model": name, "T": T, "seconds_per_update": seconds, "ms_per_step": 1e3 * seconds / T})
-            print(f"  measured {name:6s} T={T:5d}: {1e3 * seconds / T:.3f} ms/step", flush=True)
-    baseline = {r["T"]: r["ms_per_step"] for r in rows if r["model"] == "lstm"}
-    first = {}
-    for r in rows:
-        first.setdefault(r["model"], r["ms_per_step"])
-        r["ratio_to_lstm"] = r["ms_per_step"] / baseline[r["T"]] if r["T"] in baseline else None
-        r["ratio_to_smallest_T"] = r["ms_per_step"] / first[r["model"]]
+            steps[name, T] = TrainingStep(build_model(SABConfig(**fields)), x, y)
+    return steps
+
+
+def run(steps: dict[tuple[str, int], TrainingStep], rounds: int) -> list[dict]:
+    """Time every (model, T) once per round, interleaved, so that load changes hit all of them alike.
+
+    Ratios are computed within a round (same moment, same load) and their median over rounds is reported.
+    """
+    for step in steps.values():
+        step.seconds()  # warm-up
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
+    for r in range(rounds):
+        for key, step in steps.items():
+            times[key].append(step.seconds())
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(
+            f"{name}@{T} {1e3 * times[name, T][-1] / T:.3f}" for name, T in steps), flush=True)
+    smallest_T = min(T for _, T in steps)
+    rows = []
+    for (name, T), secs in times.items():
+        row = {"model": name, "T": T, "ms_per_step": 1e3 * statistics.median(secs) / T,
+               "ms_per_step_all_rounds": [1e3 * s / T for s in secs]}
+        if ("lstm", T) in times:
+            row["ratio_to_lstm"] = statistics.median(s / b for s, b in zip(secs, times["lstm", T]))
+        else:
+            row["ratio_to_lstm"] = None
+        base = times[name, smallest_T]
+        row["ratio_to_smallest_T"] = statistics.median((s / T) / (b / smallest_T) for s, b in zip(secs, base))
+        rows.append(row)
     return rows
 
 
@@ -105,20 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k-top", type=int, default=5)
     parser.add_argument("--k-trunc", type=int, default=10)
     parser.add_argument("--attend-every", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed updates per setting (median reported)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timed updates per setting, interleaved across settings (medians reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/step.json"), help="JSON output file")
     args = parser.parse_args(argv)
-    if min(args.T) < 1 or args.repeats < 1 or args.batch_size < 1:
-        parser.error("--T, --repeats and --batch-size must be >= 1")
+    if min(args.T) < 1 or args.rounds < 1 or args.batch_size < 1:
+        parser.error("--T, --rounds and --batch-size must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"training-step benchmark: B={args.batch_size} H={args.hidden_size} k_att={args.k_att} "
           f"k_top={args.k_top} k_trunc={args.k_trunc} attend_every={args.attend_every}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = run(args.T, args.models, args.batch_size, args.hidden_size, args.k_att, args.k_top, args.k_trunc,
-               args.attend_every, args.repeats, args.seed)
+    # Saturated gates of an untrained SAB at large T produce denormals, which slow CPU arithmetic 5-100x.
+    torch.set_flush_denormal(True)
+    steps = build_steps(sorted(args.T), args.models, args.batch_size, args.hidden_size, args.k_att, args.k_top,
+                        args.k_trunc, args.attend_every, args.seed)
+    rows = run(steps, args.rounds)
     print(format_table(rows))
     payload = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
