@@ -26,12 +26,40 @@ from __future__ import annotations
 import torch
 
 
+class _SlotBuffers:
+    """The slot values and their accumulated gradients: what the autograd functions need in backward.
+
+    Kept apart from ``SlotMemory`` so that the functions' contexts never reference the token: the token's
+    ``grad_fn`` owns those contexts, and a context → memory → token → grad_fn cycle would keep every
+    finished pass's graph and buffers alive (a leak of the whole graph per update, measured).
+    """
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values  # (B, capacity, H)
+        self.grad: torch.Tensor | None = None  # (B, capacity, H), allocated at the first backward read
+
+    def accumulate_grad(self, ids: torch.Tensor, grad: torch.Tensor) -> None:
+        if self.grad is None or self.grad.shape[1] < self.values.shape[1]:
+            grown = torch.zeros_like(self.values)
+            if self.grad is not None:
+                grown[:, : self.grad.shape[1]] = self.grad
+            self.grad = grown
+        flat_grad = self.grad.view(-1, self.grad.shape[2])
+        flat_grad.index_add_(0, _flat_ids(self.grad, ids), grad.reshape(-1, grad.shape[2]))
+
+    def take_grad(self, slot: int) -> torch.Tensor | None:
+        if self.grad is None:
+            return None
+        grad = self.grad[:, slot].clone()
+        self.grad[:, slot] = 0  # a second backward (retain_graph) must not see it again
+        return grad
+
+
 class SlotMemory:
     """Per-sequence memory slots with their time steps, for one forward pass over a batch."""
 
     def __init__(self, batch_size: int, hidden_size: int, device=None, dtype=None, capacity: int = 16) -> None:
-        self.values_buffer = torch.empty(batch_size, capacity, hidden_size, device=device, dtype=dtype)
-        self.grad_buffer: torch.Tensor | None = None
+        self._buffers = _SlotBuffers(torch.empty(batch_size, capacity, hidden_size, device=device, dtype=dtype))
         self.times: list[int] = []
         self._token: torch.Tensor | None = None  # None until a write enters the autograd graph
 
@@ -40,51 +68,40 @@ class SlotMemory:
         """N, the number of slots written."""
         return len(self.times)
 
+    @property
+    def values_buffer(self) -> torch.Tensor:
+        """The whole (B, capacity, H) buffer; slots beyond ``size`` are uninitialised."""
+        return self._buffers.values
+
     def values(self) -> torch.Tensor:
         """The stored slots, (B, N, H), detached (a view: valid until the next write)."""
-        return self.values_buffer[:, : self.size]
+        return self._buffers.values[:, : self.size]
 
     def write(self, h: torch.Tensor, t: int) -> None:
         """Store ``h`` (B, H), the final state of step ``t``, as slot N."""
         slot = self.size
         self._ensure_capacity(slot + 1)
-        self.values_buffer[:, slot] = h.detach()
+        self._buffers.values[:, slot] = h.detach()
         self.times.append(t)
         if torch.is_grad_enabled() and h.requires_grad:
             if self._token is None:
                 self._token = torch.zeros((), device=h.device, dtype=h.dtype, requires_grad=True)
-            self._token = _WriteSlot.apply(self._token, h, self, slot)
+            self._token = _WriteSlot.apply(self._token, h, self._buffers, slot)
 
     def read(self, ids: torch.Tensor) -> torch.Tensor:
         """Slots ``ids`` (B, C) of each sequence, (B, C, H). Ids of -1 (padding) read slot 0."""
         ids = ids.clamp(min=0)
         if self._token is not None and torch.is_grad_enabled():
-            return _ReadSlots.apply(self._token, ids, self)
-        return _gather(self.values_buffer, ids)
+            return _ReadSlots.apply(self._token, ids, self._buffers)
+        return _gather(self._buffers.values, ids)
 
     def _ensure_capacity(self, needed: int) -> None:
-        B, capacity, H = self.values_buffer.shape
+        B, capacity, H = self._buffers.values.shape
         if needed <= capacity:
             return
-        grown = self.values_buffer.new_empty(B, max(needed, 2 * capacity), H)
-        grown[:, :capacity] = self.values_buffer
-        self.values_buffer = grown
-
-    def _accumulate_grad(self, ids: torch.Tensor, grad: torch.Tensor) -> None:
-        if self.grad_buffer is None or self.grad_buffer.shape[1] < self.values_buffer.shape[1]:
-            grown = torch.zeros_like(self.values_buffer)
-            if self.grad_buffer is not None:
-                grown[:, : self.grad_buffer.shape[1]] = self.grad_buffer
-            self.grad_buffer = grown
-        flat_grad = self.grad_buffer.view(-1, self.grad_buffer.shape[2])
-        flat_grad.index_add_(0, _flat_ids(self.grad_buffer, ids), grad.reshape(-1, grad.shape[2]))
-
-    def _take_grad(self, slot: int) -> torch.Tensor | None:
-        if self.grad_buffer is None:
-            return None
-        grad = self.grad_buffer[:, slot].clone()
-        self.grad_buffer[:, slot] = 0  # a second backward (retain_graph) must not see it again
-        return grad
+        grown = self._buffers.values.new_empty(B, max(needed, 2 * capacity), H)
+        grown[:, :capacity] = self._buffers.values
+        self._buffers.values = grown
 
 
 def _flat_ids(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -101,26 +118,26 @@ def _gather(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 class _WriteSlot(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, token: torch.Tensor, h: torch.Tensor, memory: SlotMemory, slot: int) -> torch.Tensor:
-        ctx.memory, ctx.slot = memory, slot
+    def forward(ctx, token: torch.Tensor, h: torch.Tensor, buffers: _SlotBuffers, slot: int) -> torch.Tensor:
+        ctx.buffers, ctx.slot = buffers, slot
         return token.new_zeros(())
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_token: torch.Tensor):
-        return torch.zeros_like(grad_token), ctx.memory._take_grad(ctx.slot), None, None
+        return torch.zeros_like(grad_token), ctx.buffers.take_grad(ctx.slot), None, None
 
 
 class _ReadSlots(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, token: torch.Tensor, ids: torch.Tensor, memory: SlotMemory) -> torch.Tensor:
-        ctx.memory = memory
+    def forward(ctx, token: torch.Tensor, ids: torch.Tensor, buffers: _SlotBuffers) -> torch.Tensor:
+        ctx.buffers = buffers
         ctx.save_for_backward(ids)
-        return _gather(memory.values_buffer, ids)
+        return _gather(buffers.values, ids)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         (ids,) = ctx.saved_tensors
-        ctx.memory._accumulate_grad(ids, grad_out)
+        ctx.buffers.accumulate_grad(ids, grad_out)
         return grad_out.new_zeros(()), None, None

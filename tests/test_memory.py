@@ -70,3 +70,23 @@ def test_no_grad_reads_are_plain_copies():
         out = memory.read(torch.tensor([[4, 0], [1, -1]]))
     assert out[:, :, 0].tolist() == [[4.0, 0.0], [1.0, 0.0]]
     assert memory.size == 5 and memory.times == [0, 1, 2, 3, 4]
+
+
+def test_finished_pass_is_freed_without_garbage_collection():
+    """No reference cycle through the autograd contexts: a finished pass's buffers die with the graph."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        h = torch.randn(2, 4, 3, requires_grad=True)
+        memory = SlotMemory(2, 3)
+        for t in range(4):
+            memory.write(h[:, t] * 2, t)
+        out = memory.read(torch.tensor([[0, 3], [1, 2]])).sum()
+        buffers = weakref.ref(memory._buffers)
+        out.backward()
+        del memory, out
+        assert buffers() is None
+    finally:
+        gc.enable()
