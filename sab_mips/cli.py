@@ -1,4 +1,4 @@
-"""The ``sab-mips`` command line: train, eval, plot, info, bench.
+"""The ``sab-mips`` command line: train, eval, plot, compare, tune, info, bench.
 
 Training flags are derived from the fields of ``SABConfig`` and ``TrainConfig`` (``k_top`` -> ``--k-top``),
 with help taken from their docstrings, so a new config field is a new flag without touching this file.
@@ -10,6 +10,8 @@ Example:
     $ sab-mips train --task copy --T 20 --model sab --k-top 5 --run-dir runs/copy20 --time-budget 180
     $ sab-mips eval --run runs/copy20 --T 100
     $ sab-mips plot --run runs/copy20
+    $ sab-mips compare --task copy --T 20 --out reports/copy20 --retrieval exact "alsh:K=6,L=32"
+    $ sab-mips tune --backend faiss:HNSW32,exact_below=0 --memories mem.npz --grid efSearch=16,32,64
 """
 from __future__ import annotations
 
@@ -93,7 +95,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (subcommands train, eval, plot, info, bench)."""
+    """The full argument parser (subcommands train, eval, plot, compare, tune, info, bench)."""
     parser = _Parser(prog=PROG, description="Sparse Attentive Backtracking with MIPS retrieval: "
                                             "train, evaluate and plot runs; benchmark steps and retrieval.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
@@ -123,11 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batches", type=int, help="number of batches (default: the run's eval_batches)")
     evaluate.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch_size)")
     evaluate.add_argument("--seed", type=int, help="seed of the eval stream (default: the run's seed)")
+    evaluate.add_argument("--retrieval", metavar="FACTORY_STRING",
+                          help="SAB: search with this index instead of the trained one, e.g. exact or "
+                               "faiss:HNSW32,efSearch=128 (indexes are rebuilt per pass: any parameter may change)")
 
     plot = sub.add_parser("plot", help="learning curves and attention map as PNG",
                           description="Write learning_curves.png and (for models with attention) attention.png.")
     plot.add_argument("--run", required=True, metavar="DIR", help="run directory")
     plot.add_argument("--out", metavar="DIR", help="output directory (default: the run directory)")
+
+    from . import compare, tune
+
+    compare.configure_parser(sub.add_parser(
+        "compare", help="train one SAB run per retrieval setting and report them side by side",
+        description=compare.__doc__.split("\n\n")[1].replace("``", "")))
+    tune.configure_parser(sub.add_parser(
+        "tune", help="sweep index parameters on recorded memories: recall-vs-time frontier, recommendation",
+        description=tune.__doc__.split("\n\n")[1].replace("``", "")))
 
     sub.add_parser("info", help="versions, device, threads and available retrieval backends",
                    description="Report what can run here.")
@@ -231,7 +245,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import METRICS_FILE, MetricsLog
     from .train import evaluate, load_run
 
-    model, task, _, train_cfg, state = load_run(args.run)
+    model, task, model_cfg, train_cfg, state = load_run(args.run)
+    retrieval: dict[str, str] = {}
+    if args.retrieval is not None:
+        if model_cfg.model != "sab":
+            raise UserError(f"--retrieval applies to model 'sab' only; this run is model '{model_cfg.model}'")
+        model.set_retrieval(args.retrieval)
+        retrieval = {"retrieval": args.retrieval}
     T = args.T if args.T is not None else (train_cfg.eval_T or train_cfg.T)
     batches = args.batches if args.batches is not None else train_cfg.eval_batches
     batch_size = args.batch_size if args.batch_size is not None else train_cfg.batch_size
@@ -244,9 +264,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(model, task, T, batches, seed, batch_size)
     with MetricsLog(Path(args.run) / METRICS_FILE) as log:
         log.write({"split": "eval", "step": int(state["step"]), "T": T, **metrics, "source": "sab-mips eval",
-                   "seed": seed, "batches": batches, "batch_size": batch_size})
+                   "seed": seed, "batches": batches, "batch_size": batch_size, **retrieval})
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-    print(f"eval {args.run} step={state['step']} task={task.name} T={T} (trained at T={train_cfg.T}): {shown}")
+    searched = f" retrieval={args.retrieval}" if args.retrieval is not None else ""
+    print(f"eval {args.run} step={state['step']} task={task.name} T={T} (trained at T={train_cfg.T}){searched}: {shown}")
     return 0
 
 
@@ -254,16 +275,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import METRICS_FILE, read_metrics
-    from .plots import plot_attention_map, plot_learning_curves
+    from .plots import plot_attention_map, plot_learning_curves, plot_retrieval
     from .train import batch_generator, load_run
 
     model, task, model_cfg, train_cfg, state = load_run(args.run)
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{task.name} T={train_cfg.T}, model {model_cfg.model}, step {state['step']}"
-    curves = plot_learning_curves(read_metrics(Path(args.run) / METRICS_FILE), out / "learning_curves.png",
-                                  task.primary, title)
+    records = read_metrics(Path(args.run) / METRICS_FILE)
+    curves = plot_learning_curves(records, out / "learning_curves.png", task.primary, title)
     print(f"wrote {curves}")
+    if any("retrieval_seconds" in r for r in records):
+        print(f"wrote {plot_retrieval(records, out / 'retrieval.png', f'{title}, retrieval {model_cfg.retrieval}')}")
     T = train_cfg.eval_T or train_cfg.T
     x, _ = task.make_batch(T, 1, batch_generator(train_cfg.seed, 0, "eval"))
     model.eval()
@@ -294,7 +317,20 @@ def run_benchmark(which: str, argv: list[str]) -> int:
     return int(module.main(argv) or 0)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "info": cmd_info,
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import run_compare
+
+    return run_compare(args)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import run_tune
+
+    return run_tune(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "info": cmd_info, "compare": cmd_compare,
+            "tune": cmd_tune,
             "bench": lambda args: run_benchmark(args.which, list(args.args))}
 
 

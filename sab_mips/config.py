@@ -11,11 +11,13 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from indexes import make_index
+
 SCORERS = ("dot", "additive", "official")
 
 # Which SABConfig fields each model reads (besides input_size/output_size/hidden_size).
 MODEL_FIELDS: dict[str, tuple[str, ...]] = {
-    "sab": ("k_top", "k_att", "attend_every", "k_trunc", "scorer", "attn_dim", "eps"),
+    "sab": ("k_top", "k_att", "attend_every", "k_trunc", "scorer", "attn_dim", "eps", "retrieval", "k_cand"),
     "dense": ("k_att", "attend_every", "scorer", "attn_dim"),
     "tbptt": ("k_trunc",),
     "lstm": (),
@@ -40,6 +42,16 @@ def _positive_int(name: str, value: Any) -> None:
 
 def _choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
     _require(value in choices, f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
+
+
+def check_retrieval(retrieval: Any, scorer: str) -> None:
+    """Refuse a bad index factory string (the index's own error lists valid backends and parameters) and
+    approximate retrieval with a scorer that is not an inner product."""
+    _require(isinstance(retrieval, str), f"retrieval must be an index factory string, got {retrieval!r}")
+    backend = make_index(retrieval).name
+    _require(scorer == "dot" or backend == "exact",
+             f"retrieval {retrieval!r} needs the dot scorer (MIPS serves only inner products); scorer "
+             f"{scorer!r} supports retrieval 'exact' only")
 
 
 class _Config:
@@ -77,6 +89,9 @@ class SABConfig(_Config):
         scorer: ``dot`` (MIPS-servable, default), ``additive`` or ``official`` (released code).
         attn_dim: d_k, width of the query/key projections of the ``dot`` and ``additive`` scorers.
         eps: ε in the sparsifier's normaliser ``Σ ReLU(a - δ) + ε``.
+        retrieval: index factory string that finds the candidate slots (SAB-MIPS), e.g. ``exact``,
+            ``faiss:HNSW32,efSearch=64``, ``alsh:K=8,L=16``; anything but ``exact`` needs the ``dot`` scorer.
+        k_cand: candidates retrieved per attention step, >= k_top+1 (None: k_top+1).
     """
 
     model: str = "sab"
@@ -90,6 +105,8 @@ class SABConfig(_Config):
     scorer: str = "dot"
     attn_dim: int = 64
     eps: float = 1e-7
+    retrieval: str = "exact"
+    k_cand: int | None = None
 
     def __post_init__(self) -> None:
         _choice("model", self.model, list(MODEL_FIELDS))
@@ -97,6 +114,17 @@ class SABConfig(_Config):
             _positive_int(name, getattr(self, name))
         _choice("scorer", self.scorer, SCORERS)
         _require(isinstance(self.eps, (int, float)) and self.eps > 0, f"eps must be > 0, got {self.eps!r}")
+        check_retrieval(self.retrieval, self.scorer)
+        if self.k_cand is not None:
+            _positive_int("k_cand", self.k_cand)
+            _require(self.k_cand >= self.k_top + 1,
+                     f"k_cand must be >= k_top+1 = {self.k_top + 1} (the sparsifier needs the (K+1)-th score), "
+                     f"got {self.k_cand}")
+
+    @property
+    def candidates(self) -> int:
+        """C, the number of candidate slots retrieved per attention step."""
+        return self.k_cand if self.k_cand is not None else self.k_top + 1
 
 
 @dataclass(frozen=True)
@@ -116,6 +144,11 @@ class TrainConfig(_Config):
         eval_batches: batches per evaluation.
         checkpoint_every: write a checkpoint every this many updates (and at the end).
         seed: seeds parameter init and the data stream (batch i is a pure function of (seed, i)).
+        audit_every: SAB-MIPS with an approximate index: compare every n-th attention step of a training
+            pass with exact search (recall@k_top, attention mass recovered); 0: never. Skipped for exact
+            retrieval.
+        grad_cosine_every: SAB-MIPS with an approximate index: every n-th update, one extra forward and
+            backward with exact candidates gives the cosine between approximate and exact gradients; 0: never.
     """
 
     task: str = "copy"
@@ -130,6 +163,8 @@ class TrainConfig(_Config):
     eval_batches: int = 4
     checkpoint_every: int = 100
     seed: int = 0
+    audit_every: int = 10
+    grad_cosine_every: int = 50
 
     def __post_init__(self) -> None:
         for name in ("T", "batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every"):
@@ -137,6 +172,10 @@ class TrainConfig(_Config):
         if self.eval_T is not None:
             _positive_int("eval_T", self.eval_T)
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("audit_every", "grad_cosine_every"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                     f"{name} must be an integer >= 0 (0: never), got {value!r}")
         _require(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         _require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         _require(self.time_budget >= 0, f"time_budget must be >= 0, got {self.time_budget!r}")

@@ -1,12 +1,12 @@
 """The SAB-LSTM: an LSTM that attends sparsely to its own past states (SPEC §1).
 
 Shapes: B batch, T time steps, I input size, H hidden size, N memory slots, C candidates per attention
-step (K + 1), K = k_top, O output size.
+step (``k_cand``, default K + 1), K = k_top, O output size.
 
 One step t, in the order of the code below:
 
 1. provisional state     (ĥ_t, c_t) = LSTMCell(x_t, (h_{t-1}, c_{t-1}))
-2. retrieval             the C = K+1 best slots for ĥ_t (a discrete choice: no gradient)
+2. retrieval             C >= K+1 candidate slots for ĥ_t from the index (a discrete choice: no gradient)
 3. exact re-scoring      a_i = score(ĥ_t, m_i) for the C candidates, in the autograd graph
 4. sparsifier            w = ReLU(a − δ) / (Σ ReLU(a − δ) + ε), δ the (K+1)-th score (``sparsify``)
 5. summary and update    s_t = Σ_i w_i m_i,  h_t = ĥ_t + s_t,  output head on [h_t ; s_t]
@@ -17,11 +17,18 @@ from a detached (h, c). Gradient reaches the past only through the slots a step 
 weight, plus the (K+1)-th through its score, which sets δ), and from each slot back along its own
 segment (SPEC §1 step 6).
 
-Retrieval with the ``dot`` scorer goes through an index from ``indexes`` (``exact`` here): slots m_i are
-added as they are written and searched with q̃ = W_kᵀ W_q ĥ / sqrt(d_k). The weights depend only on the
-top K+1 scores (see ``sparsify``), so scoring C = K+1 candidates in the graph gives
-exactly the outputs and gradients of scoring every slot — which ``reference.sab_forward_reference`` does.
-The other scorers select by a no-grad scan of all slots, then re-score the candidates the same way.
+Retrieval with the ``dot`` scorer (SAB-MIPS, SPEC §2) goes through an index from ``indexes`` built from
+the factory string ``self.retrieval`` (``config.retrieval``, default ``exact``; ``eval`` may swap it): slots
+m_i are added as they are written and searched with q̃ = W_kᵀ W_q ĥ / sqrt(d_k). The weights depend only
+on the top K+1 scores (see ``sparsify``), so with an exact index scoring C >= K+1 candidates in the graph
+gives exactly the outputs and gradients of scoring every slot — which ``reference.sab_forward_reference``
+does. An approximate index changes only which slots are candidates. The other scorers select by a
+no-grad scan of all slots, then re-score the candidates the same way.
+
+Two seams for measuring approximate retrieval (``audit``): ``candidate_override`` replaces the index's
+answer (``audit.exact_candidates`` forces the exact top set), and ``audit_every`` > 0 compares every
+``audit_every``-th attention step with exact search. ``last_retrieval`` holds the time spent in the index
+and the audit sums of the latest forward pass.
 
 Example::
 
@@ -33,16 +40,24 @@ Example::
 """
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import torch
 from torch import nn
 
 from indexes import MIPSIndex, make_index
 
-from .config import SABConfig
+from .audit import RetrievalStats
+from .config import SABConfig, check_retrieval
 from .memory import SlotMemory
 from .record import AttentionRecord
 from .scorers import DotScorer, make_scorer
 from .sparsify import sparse_attention_weights
+
+
+# (q̃ (B, H), stored slots (B, N, H), C) -> candidate ids (B, C), -1 padded; both inputs detached
+CandidateOverride = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 class _ForwardState:
@@ -52,9 +67,23 @@ class _ForwardState:
         B, H = x.shape[0], model.config.hidden_size
         self.memory = SlotMemory(B, H, device=x.device, dtype=x.dtype)
         self.index: MIPSIndex | None = None
+        self.override: CandidateOverride | None = None
+        self.stats = RetrievalStats()
+        self.audit_every = 0
         if isinstance(model.scorer, DotScorer):
             self.index = make_index(model.retrieval)
             self.index.reset(B, H)
+            self.override = model.candidate_override
+            # Exact candidates need no audit: recall and mass recovered are 1 by construction.
+            if self.override is not None:
+                self.stats.audits = "skipped: candidates overridden"
+            elif self.index.exact:
+                self.stats.audits = f"skipped: retrieval {model.retrieval!r} is exact (recall 1 by construction)"
+            else:
+                self.audit_every = model.audit_every
+        else:
+            self.stats.audits = f"skipped: scorer {model.config.scorer!r} scans every slot (exact)"
+        self.attention_steps = 0
         self.record = record
         self.steps: list[int] = []
         self.candidates: list[torch.Tensor] = []
@@ -67,7 +96,15 @@ class _ForwardState:
     def write(self, h: torch.Tensor, t: int) -> None:
         self.memory.write(h, t)
         if self.index is not None:
+            start = time.perf_counter()
             self.index.add(h.detach().unsqueeze(1))
+            self.stats.add_seconds += time.perf_counter() - start
+
+    def audit_due(self) -> bool:
+        """Whether this attention step is compared with exact search (every ``audit_every``-th step)."""
+        due = self.audit_every > 0 and self.attention_steps % self.audit_every == 0
+        self.attention_steps += 1
+        return due
 
     def log(self, t: int, candidate_ids: torch.Tensor, weights: torch.Tensor, width: int) -> None:
         """Keep the ``width`` largest weights of this step (and the candidates) for the record."""
@@ -125,12 +162,23 @@ class SABLSTM(nn.Module):
         self.cell = nn.LSTMCell(config.input_size, H, **factory)
         self.scorer = make_scorer(config.scorer, H, config.attn_dim, **factory)
         self.head = nn.Linear(2 * H, config.output_size, **factory)  # reads [h_t ; s_t]
-        self.retrieval = "exact"
+        self.retrieval = config.retrieval  # index factory string; ``set_retrieval`` changes it after training
+        self.candidate_override: CandidateOverride | None = None
+        self.audit_every = 0  # compare every n-th attention step with exact search (0: never)
+        self.last_retrieval: RetrievalStats | None = None
+
+    def set_retrieval(self, retrieval: str) -> None:
+        """Search with another index from now on (e.g. a larger efSearch, or ``exact``, for evaluation).
+
+        Indexes are rebuilt in every forward pass, so any factory string valid for the scorer is accepted.
+        """
+        check_retrieval(retrieval, self.config.scorer)
+        self.retrieval = retrieval
 
     def extra_repr(self) -> str:
         c = self.config
         return (f"k_top={c.k_top}, k_att={c.k_att}, attend_every={c.attend_every}, k_trunc={c.k_trunc}, "
-                f"scorer={c.scorer!r}, retrieval={self.retrieval!r}")
+                f"scorer={c.scorer!r}, retrieval={self.retrieval!r}, k_cand={c.candidates}")
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -186,21 +234,24 @@ class SABLSTM(nn.Module):
                     state.write(h, t)
         features = torch.cat([torch.stack(hs, dim=1), torch.stack(ss, dim=1)], dim=2)  # (B, T, 2H)
         state.logits = self.head(features)
+        self.last_retrieval = state.stats
         return state
 
     def _attend(self, h_hat: torch.Tensor, state: _ForwardState, t: int) -> torch.Tensor:
         """Sparse summary s_t (B, H) of the memory for provisional states ĥ_t (B, H)."""
-        k = self.config.k_top
-        count = k + 1
+        k, eps = self.config.k_top, self.config.eps
+        count = self.config.candidates
         ids, query = self._retrieve(h_hat, state, count)  # (B, C)
         slots = state.memory.read(ids)  # (B, C, H), in the graph
         scores = self._score(h_hat, query, slots)  # (B, C), in the graph
         # An exact search over at least C slots returns no padding: skip the masks.
-        full = state.memory.size >= count and (state.index is None or state.index.exact)
+        full = state.memory.size >= count and state.override is None and (state.index is None or state.index.exact)
         if full:
-            weights = sparse_attention_weights(scores, k, self.config.eps, all_valid=True)
+            weights = sparse_attention_weights(scores, k, eps, all_valid=True)
         else:
-            weights = sparse_attention_weights(scores, k, self.config.eps, valid=ids >= 0)
+            weights = sparse_attention_weights(scores, k, eps, valid=ids >= 0)
+        if query is not None and state.audit_due():
+            state.stats.audit(query.detach(), state.memory.values(), ids, scores.detach(), weights.detach(), k)
         state.log(t, ids, weights, k)
         return (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
 
@@ -210,7 +261,12 @@ class SABLSTM(nn.Module):
             query = h_hat @ state.query_matrix  # q̃ (B, H), reused in the graph for the exact scores
             if state.queries is not None:
                 state.queries.append(query.detach().clone())
-            _, ids = state.index.search(query.detach(), count)
+            start = time.perf_counter()
+            if state.override is not None:
+                ids = state.override(query.detach(), state.memory.values(), count)
+            else:
+                _, ids = state.index.search(query.detach(), count)
+            state.stats.search_seconds += time.perf_counter() - start
             return ids, query
         with torch.no_grad():
             scores = self.scorer(h_hat, state.memory.values())  # (B, N)

@@ -29,13 +29,17 @@ from tqdm import tqdm
 
 from experiments.tasks import Task, get_task
 
+from indexes import make_index
+
+from .audit import exact_gradient_cosine, overridden
 from .checkpoint import (CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MetricsLog, atomic_write,
                          load_checkpoint, read_metrics, save_checkpoint, save_config, truncate_metrics)
 from .config import SABConfig, TrainConfig
 from .errors import UserError
 from .models import build_model
 
-EXTENDABLE = ("steps", "time_budget")  # TrainConfig fields a resumed run may change
+# TrainConfig fields a resumed run may change: budgets, and measurements that do not alter the updates
+EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
 
 
 def batch_generator(seed: int, index: int, stream: str) -> torch.Generator:
@@ -92,8 +96,11 @@ def _differences(saved: dict[str, Any], requested: dict[str, Any], ignore: tuple
 
 
 def _check_resume(state: dict[str, Any], model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: Path) -> None:
-    diffs = (_differences(state["model_config"], model_cfg.to_dict())
-             + _differences(state["train_config"], train_cfg.to_dict(), EXTENDABLE))
+    # Through the dataclasses: fields added since the run was saved take their defaults, not "missing".
+    saved_model = SABConfig.from_dict(state["model_config"]).to_dict()
+    saved_train = TrainConfig.from_dict(state["train_config"]).to_dict()
+    diffs = (_differences(saved_model, model_cfg.to_dict())
+             + _differences(saved_train, train_cfg.to_dict(), EXTENDABLE))
     if diffs:
         raise UserError(f"run directory {run_dir} holds a different config: {'; '.join(diffs)} "
                         f"(only {' and '.join(EXTENDABLE)} may change on --resume)")
@@ -128,6 +135,32 @@ def dump_memories(model: torch.nn.Module, task: Task, train_cfg: TrainConfig, pa
                   T=np.int64(train_cfg.T), task=np.str_(task.name))
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return {"keys": int(arrays["keys"].shape[0]), "queries": int(arrays["queries"].shape[0])}
+
+
+def _retrieves(model: torch.nn.Module) -> bool:
+    """Whether the model selects slots by retrieval (SAB; the dense baseline reads every slot)."""
+    return hasattr(model, "last_retrieval") and model.config.model == "sab"
+
+
+def retrieval_note(model: torch.nn.Module) -> str | None:
+    """Why retrieval audits are skipped for this model (None: they run, or the model does not retrieve)."""
+    if not _retrieves(model):
+        return None
+    if model.config.scorer != "dot":
+        return f"retrieval audits skipped: scorer {model.config.scorer!r} scans every slot (exact)"
+    if make_index(model.retrieval).exact:
+        return (f"retrieval audits skipped: retrieval {model.retrieval!r} is exact "
+                f"(recall 1 and gradient cosine 1 by construction)")
+    return None
+
+
+def _train_forward(model: torch.nn.Module, x: torch.Tensor, audit_every: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Logits of a training pass, and the retrieval time / audit metrics of SAB models (else {})."""
+    if not _retrieves(model):
+        return model(x), {}
+    with overridden(model, audit_every=audit_every):
+        logits = model(x)
+    return logits, model.last_retrieval.as_metrics()
 
 
 def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
@@ -188,6 +221,8 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
     skipped = int(state.get("skipped_updates", 0)) if resume else 0
     start, base_elapsed = time.perf_counter(), elapsed
     stopped = "steps"
+    note = retrieval_note(model)
+    audited = _retrieves(model) and note is None
     model.train()
     with MetricsLog(run_dir / METRICS_FILE) as log, \
             tqdm(total=train_cfg.steps, initial=min(step, train_cfg.steps), disable=not progress,
@@ -199,16 +234,24 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
             last_eval_step = step
             log.write({"split": "eval", "step": step, "T": eval_T, **last_eval, "wall_time": elapsed})
 
+        if note is not None and step == 0:
+            log.write({"split": "note", "step": 0, "message": note})
+
         while step < train_cfg.steps:
             if train_cfg.time_budget and elapsed >= train_cfg.time_budget:
                 stopped = "time_budget"
                 break
             t0 = time.perf_counter()
             x, y = task.make_batch(train_cfg.T, train_cfg.batch_size, batch_generator(train_cfg.seed, step, "train"))
-            logits = model(x)
+            logits, extra = _train_forward(model, x, train_cfg.audit_every if audited else 0)
             loss = task.loss(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            audit_seconds = extra.pop("audit_seconds", 0.0)
+            if audited and train_cfg.grad_cosine_every and (step + 1) % train_cfg.grad_cosine_every == 0:
+                t_cos = time.perf_counter()
+                extra["grad_cosine"] = exact_gradient_cosine(model, lambda: task.loss(model(x), y))
+                audit_seconds += time.perf_counter() - t_cos
             # max_norm=inf still returns the norm, which is worth logging even without clipping.
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip or float("inf"))
             # SAB's normalised sparsifier has gradients ~1/gap when the top K+1 scores nearly tie, and they
@@ -218,12 +261,16 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
                 optimizer.step()
             else:
                 skipped += 1
-            seconds = time.perf_counter() - t0
+            # the audits measure approximate retrieval; they are not part of its cost
+            seconds = time.perf_counter() - t0 - audit_seconds
+            if "retrieval_seconds" in extra:
+                extra["retrieval_fraction"] = extra["retrieval_seconds"] / seconds if seconds > 0 else 0.0
+                extra["audit_seconds"] = audit_seconds
             step += 1
             elapsed = base_elapsed + time.perf_counter() - start
             metrics = task.metrics(logits.detach(), y)
             log.write({"split": "train", "step": step, "T": train_cfg.T, **metrics, "grad_norm": float(grad_norm),
-                       "skipped_updates": skipped,
+                       "skipped_updates": skipped, **extra,
                        "wall_time": elapsed, "sec_per_update": seconds})
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", **{task.primary: f"{metrics[task.primary]:.3f}"})
@@ -242,7 +289,7 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
     summary: dict[str, Any] = {"run_dir": str(run_dir), "task": task.name, "model": model_cfg.model,
                                "T": train_cfg.T, "eval_T": eval_T, "steps": step, "wall_time": elapsed,
                                "stopped": stopped, "skipped_updates": skipped, "primary": task.primary,
-                               "eval": last_eval}
+                               "eval": last_eval, "note": note}
     if record_memories is not None:
         model.eval()
         summary["memories"] = {"path": str(record_memories),
@@ -255,6 +302,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     metrics = " ".join(f"{k}={v:.4f}" for k, v in summary["eval"].items())
     line = (f"done: {summary['task']} T={summary['T']} model={summary['model']} steps={summary['steps']} "
             f"wall={summary['wall_time']:.1f}s stopped_by={summary['stopped']} | eval T={summary['eval_T']}: {metrics}")
+    if summary.get("note"):
+        line += f" | {summary['note']}"
     if "memories" in summary:
         m = summary["memories"]
         line += f" | memories: {m['keys']} keys, {m['queries']} queries -> {m['path']}"

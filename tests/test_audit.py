@@ -1,0 +1,131 @@
+"""Retrieval audits: recall and mass recovered, gradient cosine, their logging in training, and --retrieval."""
+import pytest
+import torch
+
+from sab_mips import SABConfig, build_model
+from sab_mips.audit import RetrievalStats, exact_candidates, exact_gradient_cosine, overridden
+from sab_mips.checkpoint import read_metrics
+from sab_mips.cli import main
+from sab_mips.config import TrainConfig
+from sab_mips.train import train
+
+COARSE = "simple-lsh:bits=12,tables=1"  # misses many true top slots on these sizes
+
+
+def make(retrieval, **kwargs):
+    torch.manual_seed(0)
+    cfg = dict(input_size=3, output_size=2, hidden_size=8, attn_dim=6, k_top=2, k_att=1, k_trunc=4)
+    return build_model(SABConfig(retrieval=retrieval, **{**cfg, **kwargs}), dtype=torch.float64)
+
+
+def audited(model, x, every=1):
+    with overridden(model, audit_every=every):
+        model(x)
+    return model.last_retrieval
+
+
+def test_audit_by_hand():
+    """Two sequences, five slots, K=2: sequence 0's candidates hold exact slots 0 and 2, sequence 1's none."""
+    slots = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]] * 2).unsqueeze(2)  # (B=2, N=5, H=1): score = slot value
+    query = torch.ones(2, 1)
+    ids = torch.tensor([[0, 3, 2], [4, 3, -1]])
+    scores = torch.tensor([[5.0, 2.0, 3.0], [1.0, 2.0, 0.0]])
+    weights = torch.tensor([[0.75, 0.0, 0.25], [0.0, 1.0, 0.0]])
+    stats = RetrievalStats()
+    stats.audit(query, slots, ids, scores, weights, k=2)
+    # exact top-3 scores 5, 4, 3 -> δ = 3, exact mass (5-3) + (4-3) = 3 on slots 0, 1
+    # sequence 0: approx top-2 scores {5, 3}, one reaches the exact 2nd score 4: recall 1/2; its selection
+    # {0, 2} keeps (5-3) + 0 = 2 of the mass: 2/3
+    # sequence 1: approx top-2 scores {2, 1}: recall 0; selection {3} keeps 0
+    metrics = stats.as_metrics()
+    assert metrics["recall"] == pytest.approx(0.25)
+    assert metrics["mass_recovered"] == pytest.approx(1 / 3)
+    assert metrics["audited_queries"] == 2
+
+
+def test_audit_counts_tied_slots_by_score():
+    """Slots 1 and 2 tie: a selection holding slot 2 instead of slot 1 loses nothing."""
+    slots = torch.tensor([[[5.0], [4.0], [4.0], [1.0]]])
+    stats = RetrievalStats()
+    stats.audit(torch.ones(1, 1), slots, torch.tensor([[0, 2, 3]]), torch.tensor([[5.0, 4.0, 1.0]]),
+                torch.tensor([[0.6, 0.4, 0.0]]), k=2)
+    assert stats.as_metrics()["recall"] == 1.0 and stats.as_metrics()["mass_recovered"] == 1.0
+
+
+def test_audits_skipped_for_exact_retrieval_and_overrides():
+    x = torch.randn(2, 20, 3, dtype=torch.float64)
+    assert "exact" in audited(make("exact"), x).audits
+    assert "recall" not in audited(make("exact"), x).as_metrics()
+    model = make(COARSE)
+    with overridden(model, candidate_override=exact_candidates):
+        assert "overridden" in audited(model, x).audits
+
+
+def test_audit_of_an_index_that_happens_to_be_exact_gives_one():
+    # HNSW answers by brute force below exact_below keys (but does not claim to be exact): audited, all 1
+    metrics = audited(make("faiss:HNSW32"), torch.randn(2, 20, 3, dtype=torch.float64)).as_metrics()
+    assert metrics["recall"] == 1.0 and metrics["mass_recovered"] == pytest.approx(1.0)
+    assert metrics["audited_queries"] == 2 * 19 and metrics["retrieval_seconds"] > 0
+
+
+def test_audit_of_a_coarse_index_and_audit_every():
+    x = torch.randn(2, 20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    every = audited(make(COARSE), x, every=1).as_metrics()
+    assert 0 <= every["recall"] < 1 and 0 <= every["mass_recovered"] < 1
+    assert audited(make(COARSE), x, every=5).as_metrics()["audited_queries"] == 2 * 4  # steps 1, 6, 11, 16
+
+
+def test_gradient_cosine_restores_the_gradient():
+    model = make(COARSE)
+    x = torch.randn(2, 20, 3, dtype=torch.float64)
+    model(x).sum().backward()
+    before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    cosine = exact_gradient_cosine(model, lambda: model(x).sum())
+    assert -1 <= cosine < 1 - 1e-9
+    assert all(torch.equal(before[n], p.grad) for n, p in model.named_parameters())
+    exact = make("faiss:HNSW32")  # exact in practice at this size
+    exact(x).sum().backward()
+    assert exact_gradient_cosine(exact, lambda: exact(x).sum()) == pytest.approx(1.0)
+
+
+def _train(tmp_path, retrieval, name):
+    model_cfg = SABConfig(hidden_size=8, k_top=2, k_att=1, k_trunc=3, attn_dim=8, retrieval=retrieval)
+    cfg = TrainConfig(task="copy", T=6, batch_size=2, steps=4, eval_every=4, eval_batches=1, seed=1,
+                      audit_every=2, grad_cosine_every=2)
+    train(model_cfg, cfg, tmp_path / name, progress=False)
+    return read_metrics(tmp_path / name / "metrics.jsonl")
+
+
+def test_training_logs_audits_and_plot_draws_them(tmp_path, capsys):
+    lines = [r for r in _train(tmp_path, COARSE, "lsh") if r["split"] == "train"]
+    assert all(0 <= r["recall"] <= 1 and 0 <= r["retrieval_fraction"] <= 1 for r in lines)
+    assert [r["step"] for r in lines if "grad_cosine" in r] == [2, 4]
+    assert main(["plot", "--run", str(tmp_path / "lsh")]) == 0
+    assert (tmp_path / "lsh" / "retrieval.png").is_file()
+
+
+def test_training_with_exact_retrieval_says_audits_are_skipped(tmp_path):
+    records = _train(tmp_path, "exact", "exact")
+    assert records[0]["split"] == "note" and "skipped" in records[0]["message"]
+    assert not any("recall" in r or "grad_cosine" in r for r in records)
+
+
+def test_eval_with_another_retrieval(tmp_path, capsys):
+    _train(tmp_path, "faiss:HNSW32,efSearch=16", "hnsw")
+    assert main(["eval", "--run", str(tmp_path / "hnsw"), "--retrieval", "faiss:HNSW32,efSearch=128"]) == 0
+    assert main(["eval", "--run", str(tmp_path / "hnsw"), "--retrieval", "exact"]) == 0
+    assert read_metrics(tmp_path / "hnsw" / "metrics.jsonl")[-1]["retrieval"] == "exact"
+    assert main(["eval", "--run", str(tmp_path / "hnsw"), "--retrieval", "faiss:HNSW32,efSerch=1"]) == 2
+    assert "valid parameters: efSearch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--retrieval", "nope"], "valid backends"),
+    (["--retrieval", "faiss:Flat", "--scorer", "additive"], "needs the dot scorer"),
+    (["--k-cand", "2"], "k_cand must be >= k_top+1"),
+    (["--model", "lstm", "--retrieval", "faiss:Flat"], "has no effect on model 'lstm'"),
+])
+def test_train_refuses_bad_retrieval_options(tmp_path, capsys, flags, message):
+    assert main(["train", "--task", "copy", "--T", "5", "--run-dir", str(tmp_path / "r"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

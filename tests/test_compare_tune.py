@@ -1,0 +1,106 @@
+"""``sab-mips compare`` and ``sab-mips tune`` on tiny sizes: outputs, reuse of runs, and one-line refusals."""
+import json
+
+import numpy as np
+import pytest
+
+from sab_mips.cli import main
+from sab_mips.tune import pareto, recommend
+
+TINY = ["--task", "copy", "--T", "6", "--hidden-size", "8", "--attn-dim", "8", "--k-top", "2", "--k-att", "1",
+        "--batch-size", "2", "--steps", "2", "--eval-every", "2", "--eval-batches", "1", "--audit-every", "2",
+        "--grad-cosine-every", "1", "--no-progress"]
+
+
+def test_compare_writes_a_report_and_reuses_runs(tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["compare", *TINY, "--out", str(out), "--retrieval", "exact", "simple-lsh:bits=12,tables=1"]
+    assert main(argv) == 0
+    rows = json.loads((out / "compare.json").read_text())
+    assert list(rows) == ["exact", "simple-lsh:bits=12,tables=1"]
+    assert rows["exact"]["recall"] == 1.0 and rows["exact"]["audited"] is False
+    lsh = rows["simple-lsh:bits=12,tables=1"]
+    assert 0 <= lsh["recall"] <= 1 and -1 <= lsh["grad_cosine"] <= 1 and lsh["steps"] == 2
+    assert (out / "comparison.png").is_file() and "| `exact` |" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(argv) == 0  # finished runs are loaded, not retrained
+    assert capsys.readouterr().out.count("resumed done:") == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--retrieval", "bogus"], "valid backends"),
+    (["--retrieval", "exact", "--model", "lstm"], "has no effect on model 'lstm'"),
+    (["--retrieval", "faiss:Flat", "--scorer", "official"], "needs the dot scorer"),
+])
+def test_compare_refusals(tmp_path, capsys, extra, message):
+    assert main(["compare", *TINY, "--out", str(tmp_path / "r"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.fixture
+def memories(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mem.npz"
+    np.savez(path, keys=rng.standard_normal((400, 8)).astype(np.float32),
+             queries=rng.standard_normal((40, 8)).astype(np.float32))
+    return path
+
+
+def _tune(memories, out, *extra):
+    return main(["tune", "--memories", str(memories), "--out", str(out), "--n", "100", "--sequences", "2",
+                 "--queries", "8", "--repeats", "1", "--k-top", "3", *extra])
+
+
+def test_tune_sweeps_and_recommends(tmp_path, memories, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"k_cand": [4, 8]}))
+    assert _tune(memories, tmp_path / "t", "--backend", "faiss:HNSW8,exact_below=0", "--grid", "efSearch=4,64",
+                 "--grid", "M=4,8", "--grid-file", str(grid)) == 0
+    result = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert len(result["rows"]) == 8 and (tmp_path / "t" / "tune.png").is_file()
+    assert {r["retrieval"] for r in result["rows"]} >= {"faiss:HNSW4,exact_below=0,efSearch=4"}
+    best = result["recommended"]
+    assert best is not None and best["recall"] >= 0.95  # efSearch=64 >= N: the graph search is exhaustive
+    assert "recommended" in capsys.readouterr().out
+
+
+def test_pareto_and_recommendation():
+    rows = [dict(ms_per_query=t, recall=r) for t, r in [(1, 0.5), (2, 0.4), (3, 0.96), (4, 0.99), (5, 0.98)]]
+    assert [(r["ms_per_query"]) for r in pareto(rows)] == [1, 3, 4]
+    assert recommend(rows, 0.95)["ms_per_query"] == 3 and recommend(rows, 0.999) is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "faiss:HNSW8", "--grid", "nprobe=1,2"], "unknown grid parameter(s) nprobe"),
+    (["--backend", "alsh", "--grid", "K=4,x"], "'x' is not a number"),
+    (["--backend", "alsh", "--grid", "K="], "empty list"),
+    (["--backend", "alsh"], "nothing to sweep"),
+    (["--backend", "alsh", "--grid", "K=0"], "K=0 is invalid"),
+    (["--backend", "alsh", "--grid", "k_cand=2"], "k_cand: values must be >= k_top+1"),
+    (["--backend", "nope", "--grid", "K=1"], "valid backends"),
+])
+def test_tune_refusals(tmp_path, memories, capsys, extra, message):
+    assert _tune(memories, tmp_path / "t", *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_tune_refuses_a_bad_memories_file(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, other=np.zeros(3))
+    assert _tune(bad, tmp_path / "t", "--backend", "alsh", "--grid", "K=4") == 2
+    assert "cannot read --memories" in capsys.readouterr().err
+
+
+def test_tune_live_runs(tmp_path, memories, capsys):
+    config = tmp_path / "live.json"
+    config.write_text(json.dumps({"model": {"hidden_size": 8, "attn_dim": 8, "k_top": 3, "k_att": 1},
+                                  "train": {"task": "copy", "T": 6, "batch_size": 2, "eval_batches": 1}}))
+    assert _tune(memories, tmp_path / "t", "--backend", "alsh", "--grid", "K=4,8", "--live-config", str(config),
+                 "--live-steps", "2") == 0
+    rows = json.loads((tmp_path / "t" / "tune.json").read_text())["rows"]
+    assert all(0 <= r["live_recall"] <= 1 and r["live_sec_per_update"] > 0 for r in rows)
+    assert len(list((tmp_path / "t" / "live").iterdir())) == 2
+    assert _tune(memories, tmp_path / "t", "--backend", "alsh", "--grid", "K=4", "--live-steps", "2") == 2
+    assert "need both --live-config" in capsys.readouterr().err
