@@ -28,6 +28,21 @@ def _running_mean(values: list[float], window: int) -> list[float]:
     return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
 
 
+def _finish(fig, axes, path: str | Path, title: str, dpi: int, legend_size: float | None = None) -> Path:
+    """Grid and legend on every panel, the title, then save the figure to ``path`` and close it."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=legend_size)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_learning_curves(records: list[dict[str, Any]], path: str | Path, primary: str, title: str = "") -> Path:
     """Two panels: training loss (raw and running mean) vs update, and the eval ``primary`` metric vs update (one line per eval T).
 
@@ -50,17 +65,7 @@ def plot_learning_curves(records: list[dict[str, Any]], path: str | Path, primar
     ax_loss.set(xlabel="update", ylabel="loss", title="loss")
     ax_loss.set_yscale("log")
     ax_eval.set(xlabel="update", ylabel=primary, title=f"eval {primary}")
-    for ax in (ax_loss, ax_eval):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, (ax_loss, ax_eval), path, title, dpi=110)
 
 
 def plot_attention_map(attention: torch.Tensor, path: str | Path, title: str = "") -> Path:
@@ -110,17 +115,7 @@ def plot_retrieval(records: list[dict[str, Any]], path: str | Path, title: str =
     ax_recall.set(xlabel="update", ylabel="fraction", title="retrieval vs exact search (audited steps)")
     ax_cos.set(xlabel="update", ylabel="cosine", title="gradient cosine, approximate vs exact")
     ax_time.set(xlabel="update", ylabel="fraction of update time", title="time in index search + add")
-    for ax in (ax_recall, ax_cos, ax_time):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, (ax_recall, ax_cos, ax_time), path, title, dpi=100)
 
 
 def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, primary: str, title: str = "") -> Path:
@@ -141,14 +136,4 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, pri
     ax_loss.set_yscale("log")
     ax_eval.set(xlabel="update", ylabel=primary, title=f"eval {primary}")
     ax_recall.set(xlabel="update", ylabel="recall@k_top", title="retrieval recall over training (exact runs: 1)")
-    for ax in (ax_loss, ax_eval, ax_recall):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, (ax_loss, ax_eval, ax_recall), path, title, dpi=100, legend_size=7)
