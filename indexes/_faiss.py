@@ -38,6 +38,8 @@ to the queries' device.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import re
 from typing import Any, ClassVar
 
@@ -120,12 +122,13 @@ class FaissIndex(MIPSIndex):
             _GPU_VARIANTS[cls] = type(cls.__name__ + "Gpu", (cls,), {"name": "faiss-gpu", "on_gpu": True})
         return _GPU_VARIANTS[cls]
 
+    @abstractmethod
     def descriptor(self) -> str:
-        raise NotImplementedError
+        """The positional part of the factory string, e.g. ``HNSW32``."""
 
+    @abstractmethod
     def _new_native(self, b: int) -> Any:
         """A fresh, empty native index for sequence b."""
-        raise NotImplementedError
 
     def _ready(self, b: int) -> bool:
         """Whether sequence b is answered by its native index (False: batched exact search)."""
