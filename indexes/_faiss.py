@@ -38,9 +38,8 @@ to the queries' device.
 """
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import re
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
