@@ -18,8 +18,11 @@ weight, plus the (K+1)-th through its score, which sets δ), and from each slot 
 segment (SPEC §1 step 6).
 
 Retrieval with the ``dot`` scorer (SAB-MIPS, SPEC §2) goes through an index from ``indexes`` built from
-the factory string ``self.retrieval`` (``config.retrieval``, default ``exact``; ``eval`` may swap it): slots
-m_i are added as they are written and searched with q̃ = W_kᵀ W_q ĥ / sqrt(d_k). The weights depend only
+the factory string ``self.retrieval`` (``config.retrieval``, default ``exact``; ``eval`` may swap it). It holds
+the keys k_i = W_k m_i (d_k-wide, added as slots are written; W_k is fixed within a pass and every pass
+builds a new index) and is searched with q = W_q ĥ / sqrt(d_k): scanning d_k < H numbers per slot is what
+a search costs once N is large. The candidates are re-scored as q̃·m_i with q̃ = W_kᵀ q, reading the slots
+m_i themselves, which is where the gradient goes. The weights depend only
 on the top K+1 scores (see ``sparsify``), so with an exact index scoring C >= K+1 candidates in the graph
 gives exactly the outputs and gradients of scoring every slot — which ``reference.sab_forward_reference``
 does. An approximate index changes only which slots are candidates. The other scorers select by a
@@ -72,7 +75,7 @@ class _ForwardState:
         self.audit_every = 0
         if isinstance(model.scorer, DotScorer):
             self.index = make_index(model.retrieval)
-            self.index.reset(B, H)
+            self.index.reset(B, model.config.attn_dim)  # keys W_k m_i (d_k <= H: less to scan per search)
             self.override = model.candidate_override
             # Exact candidates need no audit: recall and mass recovered are 1 by construction.
             if self.override is not None:
@@ -90,15 +93,26 @@ class _ForwardState:
         self.selected: list[torch.Tensor] = []
         self.weights: list[torch.Tensor] = []
         self.queries: list[torch.Tensor] | None = [] if collect_queries else None
-        self.query_matrix: torch.Tensor | None = None
+        self.query_weight: torch.Tensor | None = None  # W_q / sqrt(d_k), (d_k, H), in the graph
+        self.key_weight: torch.Tensor | None = None  # W_k, (d_k, H), in the graph
         self.logits: torch.Tensor | None = None
 
     def write(self, h: torch.Tensor, t: int) -> None:
         self.memory.write(h, t)
         if self.index is not None:
             start = time.perf_counter()
-            self.index.add(h.detach().unsqueeze(1))
+            key = h.detach() @ self.key_weight.detach().t()  # k_i = W_k m_i, (B, d_k)
+            self.index.add(key.unsqueeze(1))
             self.stats.add_seconds += time.perf_counter() - start
+
+    def project(self, h_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The search query q = W_q ĥ / sqrt(d_k) (B, d_k) and q̃ = W_kᵀ q (B, H), both in the graph.
+
+        score(ĥ, m_i) = q·k_i = q̃·m_i: the index searches its keys k_i with q; the exact re-scoring of the
+        candidates reads their slots m_i (which carry the gradient) and uses q̃.
+        """
+        query = h_hat @ self.query_weight.t()
+        return query, query @ self.key_weight
 
     def audit_due(self) -> bool:
         """Whether this attention step is compared with exact search (every ``audit_every``-th step)."""
@@ -194,10 +208,17 @@ class SABLSTM(nn.Module):
 
     @torch.no_grad()
     def collect_memories(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The slots stored (B, N, H) and the search queries issued (S, B, H) on inputs x (B, T, I)."""
+        """What the index held and was asked on inputs x (B, T, I): the MIPS problem of this model.
+
+        Returns ``keys`` (B, N, d_k), k_i = W_k m_i, and ``queries`` (S, B, d_k), q = W_q ĥ / sqrt(d_k), one
+        per attention step. Needs the ``dot`` scorer (the only one served by an index).
+        """
+        if not isinstance(self.scorer, DotScorer):
+            raise ValueError(f"collect_memories needs the dot scorer, not {self.config.scorer!r}")
         state = self._run(x, record=False, collect_queries=True)
-        queries = torch.stack(state.queries) if state.queries else x.new_zeros(0, x.shape[0], self.config.hidden_size)
-        return {"keys": state.memory.values().clone(), "queries": queries}
+        d_k = self.config.attn_dim
+        queries = torch.stack(state.queries) if state.queries else x.new_zeros(0, x.shape[0], d_k)
+        return {"keys": state.memory.values() @ self.scorer.key_proj.weight.t(), "queries": queries}
 
     def _segment_length(self, T: int) -> int:
         return self.config.k_trunc
@@ -208,7 +229,8 @@ class SABLSTM(nn.Module):
         B, T, _ = x.shape
         state = _ForwardState(self, x, record, collect_queries)
         if isinstance(self.scorer, DotScorer):
-            state.query_matrix = self.scorer.query_matrix()  # (H, H), once per pass
+            state.query_weight = self.scorer.query_proj.weight * self.scorer.scale  # once per pass
+            state.key_weight = self.scorer.key_proj.weight
         # The input half of every step's gates in one matmul, outside the time loop.
         cell = self.cell
         input_gates = nn.functional.linear(x, cell.weight_ih, cell.bias_ih + cell.bias_hh)  # (B, T, 4H)
@@ -258,14 +280,14 @@ class SABLSTM(nn.Module):
     def _retrieve(self, h_hat: torch.Tensor, state: _ForwardState, count: int):
         """Candidate slot ids (B, count), -1 padded, and the dot scorer's query q̃ (or None)."""
         if state.index is not None:
-            query = h_hat @ state.query_matrix  # q̃ (B, H), reused in the graph for the exact scores
+            search_query, query = state.project(h_hat)  # q (B, d_k) for the index, q̃ (B, H) for re-scoring
             if state.queries is not None:
-                state.queries.append(query.detach().clone())
+                state.queries.append(search_query.detach().clone())
             start = time.perf_counter()
             if state.override is not None:
                 ids = state.override(query.detach(), state.memory.values(), count)
             else:
-                _, ids = state.index.search(query.detach(), count)
+                _, ids = state.index.search(search_query.detach(), count)
             state.stats.search_seconds += time.perf_counter() - start
             return ids, query
         with torch.no_grad():
@@ -304,7 +326,7 @@ class DenseAttentionLSTM(SABLSTM):
         B, N = h_hat.shape[0], state.memory.size
         ids = torch.arange(N, device=h_hat.device).expand(B, N)
         slots = state.memory.read(ids)  # (B, N, H)
-        query = h_hat @ state.query_matrix if state.query_matrix is not None else None
+        query = state.project(h_hat)[1] if state.query_weight is not None else None
         weights = torch.softmax(self._score(h_hat, query, slots), dim=1)  # (B, N)
         state.log(t, ids, weights, N)
         return torch.bmm(weights.unsqueeze(1), slots).squeeze(1)

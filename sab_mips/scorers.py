@@ -2,16 +2,16 @@
 
 Shapes: B batch, C slots scored per query, H hidden size, d_k = attn_dim.
 
-* ``dot``      a_i = (W_q ĥ)·(W_k m_i) / sqrt(d_k). The only scorer MIPS can serve: with the search query
-               q̃ = W_kᵀ W_q ĥ / sqrt(d_k) (shape (B, H)) the score is the inner product q̃·m_i, so an index
-               holds the raw slots m_i, which never depend on W_k. The default.
+* ``dot``      a_i = (W_q ĥ)·(W_k m_i) / sqrt(d_k). The only scorer MIPS can serve: the score is the
+               inner product of the query q = W_q ĥ / sqrt(d_k) with the key k_i = W_k m_i (both d_k-wide),
+               and equally of q̃ = W_kᵀ q (H-wide) with the raw slot m_i. The default.
 * ``additive`` a_i = vᵀ tanh(W_q ĥ + W_k m_i), an MLP over both (exact retrieval only).
 * ``official`` a_i = wᵀ tanh([ĥ ; m_i]), kept to reproduce the released code. tanh acts element-wise, so
                a_i = w_1ᵀ tanh(ĥ) + w_2ᵀ tanh(m_i): the first term is the same for every slot and cancels in
                a_i − δ, so this attention ignores the current state entirely.
 
 Every scorer's ``forward(h, slots)`` is the obvious formula (the reference twin uses it). ``DotScorer``
-also offers ``query``/``score_query``, the factorised form that the fast path and indexes use.
+also offers ``query``/``score_query``, the factorised form q̃·m_i.
 """
 from __future__ import annotations
 
@@ -49,10 +49,6 @@ class DotScorer(Scorer):
     def query(self, h: torch.Tensor) -> torch.Tensor:
         """q̃ = W_kᵀ W_q h / sqrt(d_k), (B, H): score(h, m) = q̃·m."""
         return (self.query_proj(h) @ self.key_proj.weight) * self.scale
-
-    def query_matrix(self) -> torch.Tensor:
-        """A = W_qᵀ W_k / sqrt(d_k), (H, H), so that q̃ = h A. One matmul per step instead of two."""
-        return (self.query_proj.weight.t() @ self.key_proj.weight) * self.scale
 
     @staticmethod
     def score_query(query: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

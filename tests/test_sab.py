@@ -160,9 +160,17 @@ def test_input_checks(bad):
 
 def test_collect_memories():
     model = make(dict(k_top=2, k_att=2, k_trunc=4))
-    out = model.collect_memories(torch.randn(3, 11, 3, dtype=torch.float64))
-    assert out["keys"].shape == (3, 5, 6)
-    assert out["queries"].shape == (9, 3, 6)
+    x = torch.randn(3, 11, 3, dtype=torch.float64)
+    out = model.collect_memories(x)
+    assert out["keys"].shape == (3, 5, 5)  # (B, N, d_k): the keys the index held
+    assert out["queries"].shape == (9, 3, 5)  # (S, B, d_k)
+    # they pose the model's own MIPS problem: the record's candidates are their exact top K+1
+    _, record = model(x, return_attention=True)
+    scores = torch.einsum("sbd,bnd->sbn", out["queries"], out["keys"])
+    for s, t in enumerate(record.steps.tolist()):
+        n = sum(1 for u in record.slot_times.tolist() if u < t)
+        top = scores[s, :, :n].topk(min(3, n), dim=1).indices.sort(dim=1).values
+        assert torch.equal(top, record.candidate_ids[s, :, : min(3, n)].sort(dim=1).values)
 
 
 def test_config_validation_messages():
