@@ -2,14 +2,13 @@
 
 Shapes: B sequences, N keys per sequence, d key dimension, k results.
 
-One (B, capacity, d) buffer (``KeyStore``) holds all sequences' keys; a search computes the scores
-(B, N, d) x (B, d) -> (B, N) and takes one batched ``topk``. On CUDA the scores are one ``bmm``; on CPU
-they are an element-wise product and sum for small memories and B matrix-vector products written
-into one (B, N) buffer for large ones, because a batched matmul with one column runs far below memory
-bandwidth there (measured on a 2-core CPU, d=128: B=32, N=1000: 2.4 ms
-with ``bmm`` against 0.4 ms; B=4, N=10⁵: 44 ms against 28 ms). The buffer doubles when full, so appending
-one slot at a time costs amortised O(B d). The other backends keep the same store for their exact
-re-rank and for rebuilds.
+One buffer (``KeyStore``) holds all sequences' keys, stored by column, (B, d, capacity); a search is one
+batched product (B, 1, d) x (B, d, N) -> (B, N) and one batched ``topk``: no per-sequence calls. Stored
+that way the scan streams the keys contiguously, 2-3x faster on CPU than any layout with one key per row
+(measured on a 2-core CPU, 1 thread: B=64, N=300, d=64: 0.15 ms against 0.40 ms for a multiply-and-sum
+and 1.3 ms for a (N, d) x (d, 1) ``bmm``; B=32, N=10⁴, d=128: 13 ms against 36 ms for B matrix-vector
+calls). The buffer doubles when full, so appending one slot at a time costs amortised O(B d). The other
+backends keep a row-major store of the same kind for their exact re-rank and for rebuilds.
 
 Example::
 
@@ -29,50 +28,56 @@ from .base import MIPSIndex, pad_results
 
 
 class KeyStore:
-    """A growable (B, capacity, d) buffer of keys in their own dtype and device."""
+    """A growable buffer of keys (B sequences, N keys each, d wide) in their own dtype and device.
 
-    def __init__(self) -> None:
+    ``by_column=False`` stores (B, capacity, d): one key per row, cheap to gather a few keys from (the
+    re-rank of approximate backends). ``by_column=True`` stores (B, d, capacity), which makes a full scan a
+    contiguous (1, d) x (d, N) product per sequence: on CPU 2-3x faster than any row-major scan at N >= 10³
+    (measured, 1 thread, d=128: N=10⁴, B=32: 13 ms against 35 ms). ``view()`` is (B, N, d) either way.
+    """
+
+    def __init__(self, by_column: bool = False) -> None:
         self._keys: torch.Tensor | None = None
+        self.by_column = by_column
         self.count = 0
 
     def append(self, keys: torch.Tensor) -> None:
         """keys: (B, n, d)."""
         B, n, d = keys.shape
         needed = self.count + n
-        if self._keys is None or self._keys.shape[1] < needed:
-            capacity = max(16, needed, 2 * (0 if self._keys is None else self._keys.shape[1]))
-            grown = keys.new_empty((B, capacity, d))
+        if self._keys is None or self._capacity() < needed:
+            capacity = max(16, needed, 2 * (0 if self._keys is None else self._capacity()))
+            grown = keys.new_empty((B, d, capacity) if self.by_column else (B, capacity, d))
             if self._keys is not None:
-                grown[:, : self.count] = self._keys[:, : self.count]
+                self._rows(grown)[:, : self.count] = self.view()
             self._keys = grown
-        self._keys[:, self.count : needed] = keys
+        self._rows(self._keys)[:, self.count : needed] = keys
         self.count = needed
 
     def view(self) -> torch.Tensor:
-        """The stored keys, (B, N, d) (a view; do not modify). Requires at least one append."""
+        """The stored keys, (B, N, d) (a view, strided when by column; do not modify). Needs an append."""
         assert self._keys is not None
-        return self._keys[:, : self.count]
+        return self._rows(self._keys)[:, : self.count]
 
     def nbytes(self) -> int:
         return 0 if self._keys is None else self._keys.numel() * self._keys.element_size()
 
+    def _capacity(self) -> int:
+        assert self._keys is not None
+        return self._keys.shape[2] if self.by_column else self._keys.shape[1]
 
-# Up to this many keys per sequence an element-wise product and sum beats B matrix-vector calls on CPU
-# (measured, 1 thread, B=64, d=128: N=100: 0.28 ms against 0.49 ms for the loop and 1.0 ms for bmm);
-# above it the temporary (B, N, d) product costs more than the loop's call overhead.
-SMALL_MEMORY = 512
+    def _rows(self, buffer: torch.Tensor) -> torch.Tensor:
+        return buffer.transpose(1, 2) if self.by_column else buffer
 
 
 def brute_force_topk(keys: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k: keys (B, N, d), queries (B, d) -> scores, ids (B, k), padded when N < k."""
-    if keys.is_cuda:
-        scores = torch.bmm(keys, queries.unsqueeze(2)).squeeze(2)  # (B, N)
-    elif keys.shape[1] <= SMALL_MEMORY:
-        scores = (keys * queries.unsqueeze(1)).sum(dim=2)  # one pass, no per-sequence calls
-    else:
-        scores = keys.new_empty(keys.shape[:2])
-        for b in range(keys.shape[0]):
-            torch.mv(keys[b], queries[b], out=scores[b])
+    """Exact top-k: keys (B, N, d), queries (B, d) -> scores, ids (B, k), padded when N < k.
+
+    The scores are one batched (1, d) x (d, N) product: with keys stored by column (``KeyStore``) it
+    streams them contiguously; with keys by row it is still the fastest single call on CPU (a (N, d) x
+    (d, 1) ``bmm`` runs several times slower there, measured).
+    """
+    scores = torch.bmm(queries.unsqueeze(1), keys.transpose(1, 2)).squeeze(1)  # (B, N)
     top_scores, top_ids = scores.topk(min(k, keys.shape[1]), dim=1)
     return pad_results(top_scores, top_ids, k)
 
@@ -94,7 +99,7 @@ class ExactIndex(MIPSIndex):
     exact = True
 
     def _reset(self) -> None:
-        self._store = KeyStore()
+        self._store = KeyStore(by_column=True)
 
     def _add(self, keys: torch.Tensor) -> None:
         self._store.append(keys)
