@@ -73,7 +73,7 @@ class _ForwardState:
         self.override: CandidateOverride | None = None
         self.stats = RetrievalStats()
         self.audit_every = 0
-        if isinstance(model.scorer, DotScorer):
+        if isinstance(model.scorer, DotScorer) and model.retrieves:
             self.index = make_index(model.retrieval)
             self.index.reset(B, model.config.attn_dim)  # keys W_k m_i (d_k <= H: less to scan per search)
             self.override = model.candidate_override
@@ -85,7 +85,7 @@ class _ForwardState:
             else:
                 self.audit_every = model.audit_every
         else:
-            self.stats.audits = f"skipped: scorer {model.config.scorer!r} scans every slot (exact)"
+            self.stats.audits = "skipped: no index, every slot is scored (exact)"
         self.attention_steps = 0
         self.record = record
         self.steps: list[int] = []
@@ -167,6 +167,8 @@ def _lstm_step(input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, recu
 
 class SABLSTM(nn.Module):
     """LSTM with Sparse Attentive Backtracking. See the module docstring for the algorithm."""
+
+    retrieves = True  # attention steps ask an index for candidates (the dense baseline reads every slot)
 
     def __init__(self, config: SABConfig, device=None, dtype=None) -> None:
         super().__init__()
@@ -314,6 +316,8 @@ class SABLSTM(nn.Module):
 
 class DenseAttentionLSTM(SABLSTM):
     """Baseline: the same LSTM and memory, dense softmax attention over every slot, full BPTT."""
+
+    retrieves = False
 
     def extra_repr(self) -> str:
         c = self.config
