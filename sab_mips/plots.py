@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,8 @@ def _series(records: list[dict[str, Any]], key: str, split: str = "train") -> tu
 
 
 def _skipped(ax, records: list[dict[str, Any]]) -> None:
-    notes = [r["message"] for r in records if r.get("split") == "note"]
-    ax.text(0.5, 0.5, "\n".join(notes) or "no audits logged", ha="center", va="center", wrap=True,
+    notes = [textwrap.fill(r["message"], 40) for r in records if r.get("split") == "note"]
+    ax.text(0.5, 0.5, "\n".join(notes) or "no audits logged", ha="center", va="center",
             fontsize=8, transform=ax.transAxes)
 
 
