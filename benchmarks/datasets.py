@@ -5,7 +5,7 @@
 * ``clustered`` (structured, low rank): 32 centres in a rank-16 subspace, keys
   ``x = ((c + 0.3 e) W) · s + 0.05 n`` with W (16, d) random, e, n Gaussian noise and norm factor
   s ~ U(0.5, 1.5); queries are drawn the same way without the norm factor.
-* ``memories``  (real): slot vectors and attention-step queries recorded by
+* ``memories``  (real): the keys W_k m_i and attention-step queries q an index saw, recorded by
   ``sab-mips train --record-memories FILE`` (``keys`` (M, d), ``queries`` (Q', d), float32). Each sequence
   samples its N keys from the pool without replacement, or with replacement when M < N (reported);
   queries are sampled from the recorded ones the same way.

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help='JSON config: {"model": {...}, "train": {...}} or one flat object')
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--record-memories", metavar="FILE",
-                     help="after training, save memory slots and queries (.npz) for retrieval benchmarks")
+                     help="after training, save the keys W_k m_i and queries the index saw (.npz) for retrieval benchmarks")
     run.add_argument("--record-count", type=int, default=100_000, metavar="N",
                      help="collect at least this many keys for --record-memories (default: 100000)")
 

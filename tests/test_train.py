@@ -102,7 +102,7 @@ def test_record_memories_writes_the_documented_npz(tmp_path):
     data = np.load(out)
     assert data["keys"].dtype == np.float32 and data["keys"].shape[1] == 8 and data["keys"].shape[0] >= 40
     assert data["queries"].dtype == np.float32 and data["queries"].ndim == 2 and data["queries"].shape[1] == 8
-    assert int(data["hidden_size"]) == 8 and int(data["T"]) == 3 and str(data["task"]) == "copy"
+    assert int(data["dim"]) == 8 and int(data["T"]) == 3 and str(data["task"]) == "copy"
     assert summary["memories"]["keys"] == data["keys"].shape[0]
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
