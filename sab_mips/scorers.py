@@ -11,7 +11,7 @@ Shapes: B batch, C slots scored per query, H hidden size, d_k = attn_dim.
                a_i − δ, so this attention ignores the current state entirely.
 
 Every scorer's ``forward(h, slots)`` is the obvious formula (the reference twin uses it). ``DotScorer``
-also offers ``query``/``score_query``, the factorised form q̃·m_i.
+also offers ``score_query``, the factorised form q̃·m_i (the model builds q̃ from the projections).
 """
 from __future__ import annotations
 
@@ -45,10 +45,6 @@ class DotScorer(Scorer):
         q = self.query_proj(h)  # (B, d_k)
         keys = self.key_proj(slots)  # (B, C, d_k)
         return torch.einsum("bd,bcd->bc", q, keys) * self.scale
-
-    def query(self, h: torch.Tensor) -> torch.Tensor:
-        """q̃ = W_kᵀ W_q h / sqrt(d_k), (B, H): score(h, m) = q̃·m."""
-        return (self.query_proj(h) @ self.key_proj.weight) * self.scale
 
     @staticmethod
     def score_query(query: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
