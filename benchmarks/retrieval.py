@@ -116,8 +116,7 @@ def recall(ids: torch.Tensor, truth: torch.Tensor) -> float:
 
 def build_key(index) -> str:
     """The factory string without search-time parameters: indexes with equal keys share one build."""
-    fixed = [a for a in index.factory_args() if a.partition("=")[0] not in
-             {k for k, p in index.params.items() if p.search_time}]
+    fixed = [a for a in index.factory_args() if a.partition("=")[0] not in index.search_params()]
     return index.name + ":" + ",".join(fixed)
 
 
@@ -139,7 +138,7 @@ def run_size(dataset: str, n: int, args: argparse.Namespace, memories) -> list[d
         shared = key in built
         if shared:
             cached, build_s = built[key]
-            cached.set_params(**{p: index.get_param(p) for p, spec_ in index.params.items() if spec_.search_time})
+            cached.set_params(**index.search_params())
             index = cached
         else:
             index.reset(s, dim)

@@ -89,6 +89,10 @@ class MIPSIndex(ABC):
     def get_param(self, key: str) -> Any:
         return self._values[key]
 
+    def search_params(self) -> dict[str, Any]:
+        """The current values of the search-time parameters (those ``set_params`` may change)."""
+        return {key: self._values[key] for key, spec in self.params.items() if spec.search_time}
+
     def set_params(self, **values: Any) -> None:
         """Change search-time parameters (e.g. ``efSearch``, ``nprobe``) without rebuilding."""
         unknown = sorted(set(values) - set(self.params))

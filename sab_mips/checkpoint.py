@@ -81,7 +81,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         # need to unpickle arbitrary objects.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file (RuntimeError, EOFError, pickle errors)
-        first_line = next((line for line in str(exc).splitlines() if line.strip()), "")[:200]
+        # only the first sentence: torch appends advice (e.g. to disable weights_only) that does not apply
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), "").split(". ")[0][:200]
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {first_line})") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         raise UserError(f"checkpoint {path} is not a sab-mips checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")

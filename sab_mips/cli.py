@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model on a task (or resume a run)",
                            description="Train a model on a synthetic task. Flags override --config; on --resume "
-                                       "the saved config is the base and only --steps/--time-budget may differ.")
+                                       "the saved config is the base and only --steps, --time-budget, "
+                                       "--audit-every and --grad-cosine-every may differ.")
     model_group = train.add_argument_group("model (SABConfig)")
     _add_config_flags(model_group, SABConfig, skip=TASK_SIZED)
     train_group = train.add_argument_group("training (TrainConfig)")

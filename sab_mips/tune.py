@@ -185,9 +185,8 @@ def measure(points: list[tuple[str, int]], memories: str, k_top: int, n: int, se
             build_seconds, _ = timed(lambda: (index.add(keys), index.flush()))
             built[key] = (index, build_seconds)
         shared, build_seconds = built[key]
-        search_time = {k: v for k, v in index._values.items() if index.params[k].search_time}
-        if search_time:
-            shared.set_params(**search_time)
+        if index.search_params():
+            shared.set_params(**index.search_params())
         seconds, _ = time_search(shared, queries, S, k_cand, repeats)
         found = _search_scores(shared, queries, S, k_cand)[:, :k_top]
         rows.append({"retrieval": spec, "k_cand": k_cand, "recall": score_recall(found, truth),
