@@ -149,6 +149,9 @@ class TrainConfig(_Config):
             retrieval.
         grad_cosine_every: SAB-MIPS with an approximate index: every n-th update, one extra forward and
             backward with exact candidates gives the cosine between approximate and exact gradients; 0: never.
+        init_from: a run directory (or checkpoint file) whose weights and Adam state start this run (warm
+            start; None: initialise from the seed). Its model must have the same parameter shapes; T,
+            retrieval, k_cand, k_top, k_att, k_trunc, lr and the rest may differ. Steps count from 0.
     """
 
     task: str = "copy"
@@ -165,6 +168,7 @@ class TrainConfig(_Config):
     seed: int = 0
     audit_every: int = 10
     grad_cosine_every: int = 50
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("T", "batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every"):

@@ -290,6 +290,10 @@ class SABLSTM(nn.Module):
                 ids = state.override(query.detach(), state.memory.values(), count)
             else:
                 _, ids = state.index.search(search_query.detach(), count)
+            # One canonical order (newest slot first, padding last) for every backend: an approximate index
+            # that returns the exact candidate set then gives bit-identical results to exact search, so a
+            # difference between runs measures missed candidates and not summation order.
+            ids = ids.sort(dim=1, descending=True).values
             state.stats.search_seconds += time.perf_counter() - start
             return ids, query
         with torch.no_grad():

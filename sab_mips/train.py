@@ -7,9 +7,14 @@ checkpoint at step s continues exactly as the uninterrupted run would have (same
 only the timing fields differ).
 
 Resume rule (``resume=True``): the run directory must hold a checkpoint; the requested configs must equal the
-saved ones except ``steps`` and ``time_budget``, which may be changed to extend (or shorten) the run; any
-other difference is an error that names the fields. Metric lines logged after the checkpoint's step (by a
-run killed between checkpoints) are dropped. ``time_budget`` counts wall time over all sessions of a run.
+saved ones except those in ``EXTENDABLE`` (``steps`` and ``time_budget``, to extend or shorten the run, and
+the audit intervals, which do not alter the updates); any other difference is an error that names the
+fields. Metric lines logged after the checkpoint's step (by a run killed between checkpoints) are dropped.
+``time_budget`` counts wall time over all sessions of a run.
+
+Warm start (``TrainConfig.init_from``): a new run takes the weights and Adam state of another run's
+checkpoint (``warm_start``), e.g. to continue a trained model at a longer T or with another retrieval
+index; its own step count, data stream and learning rate start fresh.
 
 Example:
     >>> summary = train(SABConfig(model="lstm", hidden_size=16), TrainConfig(task="copy", T=5, steps=10),
@@ -106,6 +111,29 @@ def _check_resume(state: dict[str, Any], model_cfg: SABConfig, train_cfg: TrainC
                         f"(only {' and '.join(EXTENDABLE)} may change on --resume)")
 
 
+# SABConfig fields that decide the parameter shapes: a warm start must match them (the rest may differ).
+SHAPE_FIELDS = ("model", "input_size", "output_size", "hidden_size", "scorer", "attn_dim")
+
+
+def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_cfg: SABConfig, lr: float,
+               source: str | Path) -> None:
+    """Load the weights and Adam state of the run (or checkpoint file) ``source`` into a fresh run.
+
+    The learning rate stays this run's ``lr``; everything that does not shape a parameter (T, retrieval,
+    k_top, ...) may differ from the source run.
+    """
+    source = Path(source)
+    state = load_checkpoint(source / CHECKPOINT_FILE if source.is_dir() else source)
+    saved = SABConfig.from_dict(state["model_config"]).to_dict()
+    diffs = _differences({k: saved[k] for k in SHAPE_FIELDS}, {k: model_cfg.to_dict()[k] for k in SHAPE_FIELDS})
+    if diffs:
+        raise UserError(f"--init-from {source}: its model has other parameter shapes: {'; '.join(diffs)}")
+    model.load_state_dict(state["model_state"])
+    optimizer.load_state_dict(state["optimizer_state"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def dump_memories(model: torch.nn.Module, task: Task, train_cfg: TrainConfig, path: str | Path,
                     count: int) -> dict[str, int]:
     """Save the MIPS problem of ``model`` on fresh batches at the training T, for retrieval benchmarks.
@@ -199,6 +227,8 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
         if checkpoint_path.exists():
             raise UserError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
                             f"or choose another --run-dir")
+        if train_cfg.init_from is not None:
+            warm_start(model, optimizer, model_cfg, train_cfg.lr, train_cfg.init_from)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
     save_config(run_dir, model_cfg.to_dict(), train_cfg.to_dict())
