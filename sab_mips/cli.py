@@ -30,7 +30,7 @@ from .errors import UserError
 PROG = "sab-mips"
 TASK_SIZED = ("input_size", "output_size")  # SABConfig fields set by the task, not by flags
 ALWAYS_USED = ("model", "hidden_size", *TASK_SIZED)  # SABConfig fields every model reads
-BENCHMARKS = {"step": "benchmarks.step", "retrieval": "benchmarks.retrieval"}
+BENCHMARKS = {"step": "benchmarks.step", "retrieval": "benchmarks.retrieval", "heavy": "benchmarks.heavy"}
 
 
 def _bool(text: str) -> bool:
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, device, threads and available retrieval backends",
                    description="Report what can run here.")
 
-    bench = sub.add_parser("bench", help="benchmarks: 'bench step ...' or 'bench retrieval ...'",
+    bench = sub.add_parser("bench", help="benchmarks: 'bench step|retrieval|heavy ...'",
                            description="Run a benchmark; arguments after its name go to it "
                                        "(see 'sab-mips bench step --help').")
     bench.add_argument("which", choices=tuple(BENCHMARKS), help="benchmark to run")

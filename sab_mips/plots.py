@@ -119,20 +119,31 @@ def plot_retrieval(records: list[dict[str, Any]], path: str | Path, title: str =
     return _finish(fig, (ax_recall, ax_cos, ax_time), path, title, dpi=100)
 
 
-def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, primary: str, title: str = "") -> Path:
-    """Runs of one task overlaid (label -> metrics.jsonl lines): training loss, eval ``primary``, recall."""
+def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, primary: str, title: str = "",
+                    groups: dict[str, str] | None = None) -> Path:
+    """Runs of one task overlaid (label -> metrics.jsonl lines): training loss, eval ``primary``, recall.
+
+    ``groups`` (label -> group, e.g. the retrieval setting of runs with several seeds) gives the runs of a
+    group one colour and tells them apart by line style; without it every run has its own colour.
+    """
     fig, (ax_loss, ax_eval, ax_recall) = plt.subplots(1, 3, figsize=(15, 4))
-    for i, (label, records) in enumerate(runs.items()):
-        color = f"C{i}"
+    groups = groups or {label: label for label in runs}
+    group_ids = {g: i for i, g in enumerate(dict.fromkeys(groups.values()))}
+    seen: dict[str, int] = {}
+    for label, records in runs.items():
+        group = groups[label]
+        color, style = f"C{group_ids[group] % 10}", ("-", "--", ":", "-.")[seen.get(group, 0) % 4]
+        seen[group] = seen.get(group, 0) + 1
+        line = dict(color=color, ls=style, label=label)
         steps, losses = _series(records, "loss")
         if steps:
-            ax_loss.plot(steps, _running_mean(losses, max(1, len(losses) // 25)), lw=1.2, color=color, label=label)
+            ax_loss.plot(steps, _running_mean(losses, max(1, len(losses) // 25)), lw=1.2, **line)
         steps, values = _series(records, primary, "eval")
         if steps:
-            ax_eval.plot(steps, values, marker="o", ms=3, color=color, label=label)
+            ax_eval.plot(steps, values, marker="o", ms=3, **line)
         steps, values = _series(records, "recall")
         if steps:
-            ax_recall.plot(steps, _running_mean(values, max(1, len(values) // 20)), lw=1.2, color=color, label=label)
+            ax_recall.plot(steps, _running_mean(values, max(1, len(values) // 20)), lw=1.2, **line)
     ax_loss.set(xlabel="update", ylabel="loss (running mean)", title="training loss")
     ax_loss.set_yscale("log")
     ax_eval.set(xlabel="update", ylabel=primary, title=f"eval {primary}")

@@ -16,7 +16,7 @@ def test_compare_writes_a_report_and_reuses_runs(tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["compare", *TINY, "--out", str(out), "--retrieval", "exact", "simple-lsh:bits=12,tables=1"]
     assert main(argv) == 0
-    rows = json.loads((out / "compare.json").read_text())
+    rows = json.loads((out / "compare.json").read_text())["runs"]
     assert list(rows) == ["exact", "simple-lsh:bits=12,tables=1"]
     assert rows["exact"]["recall"] == 1.0 and rows["exact"]["audited"] is False
     lsh = rows["simple-lsh:bits=12,tables=1"]
@@ -27,8 +27,25 @@ def test_compare_writes_a_report_and_reuses_runs(tmp_path, capsys):
     assert capsys.readouterr().out.count("resumed done:") == 2
 
 
+def test_compare_over_seeds_pairs_each_run_with_the_first_setting_of_its_seed(tmp_path, capsys):
+    out = tmp_path / "report"
+    # faiss:Flat finds the exact candidates: its runs are bit-identical to exact ones, paired differences 0
+    assert main(["compare", *TINY, "--out", str(out), "--seeds", "1", "2", "--retrieval", "exact", "faiss:Flat",
+                 "simple-lsh:bits=12,tables=1"]) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert list(report["runs"]) == [f"{spec} (seed {s})" for s in (1, 2)
+                                    for spec in ("exact", "faiss:Flat", "simple-lsh:bits=12,tables=1")]
+    assert (out / "runs" / "faiss-Flat-seed2" / "checkpoint.pt").is_file()
+    exact, flat = report["summary"]["exact"], report["summary"]["faiss:Flat"]
+    assert exact["seeds"] == [1, 2] and exact["paired_diff_max_abs"] == 0 and flat["paired_diff_max_abs"] == 0
+    accuracies = [report["runs"][f"exact (seed {s})"]["eval_accuracy"] for s in (1, 2)]
+    assert exact["eval_accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
+    assert "paired diff mean" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--retrieval", "bogus"], "valid backends"),
+    (["--retrieval", "exact", "--seeds", "-1"], "--seeds must be integers >= 0"),
     (["--retrieval", "exact", "--model", "lstm"], "has no effect on model 'lstm'"),
     (["--retrieval", "faiss:Flat", "--scorer", "official"], "needs the dot scorer"),
 ])

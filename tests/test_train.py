@@ -118,3 +118,30 @@ def test_every_task_trains_with_the_shared_loop(tmp_path):
     for name, task in TASKS.items():
         model_cfg, cfg = _cfgs("tbptt", steps=1, task=name, T=task.min_T + 1)
         assert task.primary in train(model_cfg, cfg, tmp_path / name, progress=False)["eval"]
+
+
+def test_warm_start_takes_weights_and_adam_state_but_its_own_lr_and_config(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=2)
+    train(model_cfg, cfg, tmp_path / "base", progress=False)
+    base = load_checkpoint(tmp_path / "base" / "checkpoint.pt")
+    # steps=0 is not allowed: run 1 update at lr tiny enough that the weights barely move, then compare
+    warm_cfg = cfg.replace(T=5, steps=1, lr=1e-12, init_from=str(tmp_path / "base"))
+    train(model_cfg.replace(k_top=1, retrieval="faiss:Flat"), warm_cfg, tmp_path / "warm", progress=False)
+    warm = load_checkpoint(tmp_path / "warm" / "checkpoint.pt")
+    assert warm["step"] == 1 and warm["train_config"]["init_from"] == str(tmp_path / "base")
+    for name, value in base["model_state"].items():
+        torch.testing.assert_close(warm["model_state"][name], value, rtol=0, atol=1e-9)
+    assert warm["optimizer_state"]["param_groups"][0]["lr"] == 1e-12
+    # Adam's step counters continue from the source run's (2 updates) instead of restarting at 0
+    assert all(int(s["step"]) == 3 for s in warm["optimizer_state"]["state"].values())
+
+
+def test_warm_start_refuses_other_parameter_shapes(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=2)
+    train(model_cfg, cfg, tmp_path / "base", progress=False)
+    with pytest.raises(UserError, match="other parameter shapes: hidden_size=8 \\(saved\\) vs 9"):
+        train(model_cfg.replace(hidden_size=9), cfg.replace(init_from=str(tmp_path / "base")), tmp_path / "w",
+              progress=False)
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(model_cfg, cfg.replace(init_from=str(tmp_path / "missing")), tmp_path / "w", progress=False)
