@@ -268,8 +268,11 @@ class SABLSTM(nn.Module):
         ids, query = self._retrieve(h_hat, state, count)  # (B, C)
         slots = state.memory.read(ids)  # (B, C, H), in the graph
         scores = self._score(h_hat, query, slots)  # (B, C), in the graph
-        # An exact search over at least C slots returns no padding: skip the masks.
-        full = state.memory.size >= count and state.override is None and (state.index is None or state.index.exact)
+        # No padding among the candidates (an exact search over at least C slots never pads; other searches
+        # are checked): skip the masks. Every backend then takes the same path, so equal candidates give
+        # bit-identical results.
+        exact_search = state.override is None and (state.index is None or state.index.exact)
+        full = state.memory.size >= count and (exact_search or bool((ids >= 0).all()))
         if full:
             weights = sparse_attention_weights(scores, k, eps, all_valid=True)
         else:
