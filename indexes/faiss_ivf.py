@@ -62,15 +62,20 @@ class FaissIVF(FaissIndex):
         super()._reset()
         self._trained_on = [0] * self.batch_size
         self._trainings = 0
+        self._train_size_of: tuple[int, int] = (-1, 0)  # (N, its P): asked for every sequence of every search
 
     def _train_size(self) -> int:
         """The prefix length P = T·2^j <= N that the quantizers are trained on (0: not yet)."""
-        size = self.get_param("min_train") * self.nlist
-        if self._store.count < size:
-            return 0
-        while 2 * size <= self._store.count:
-            size *= 2
-        return size
+        count = self._store.count
+        if self._train_size_of[0] != count:
+            size = self.get_param("min_train") * self.nlist
+            if count < size:
+                size = 0
+            else:
+                while 2 * size <= count:
+                    size *= 2
+            self._train_size_of = (count, size)
+        return self._train_size_of[1]
 
     def _ready(self, b: int) -> bool:
         return self._train_size() > 0
