@@ -135,7 +135,7 @@ def summarize_seeds(rows: dict[str, dict[str, Any]], primary: str) -> dict[str, 
 def format_summary_table(summary: dict[str, dict[str, Any]], primary: str) -> str:
     """A Markdown table of ``summarize_seeds``, one row per retrieval setting."""
     key = "eval_" + primary
-    header = ["retrieval", "seeds", f"{key} mean", "min", "max", "paired diff mean", "paired diff max |·|",
+    header = ["retrieval", "seeds", f"{key} mean", "min", "max", "paired diff mean", "paired diff max abs",
               "s/update", "recall", "grad cosine"]
     return _markdown(header, [[f"`{spec}`", str(len(s["seeds"])), _cell(s[key + "_mean"]), _cell(s[key + "_min"]),
                                _cell(s[key + "_max"]), _cell(s["paired_diff_mean"]), _cell(s["paired_diff_max_abs"]),
