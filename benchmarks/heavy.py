@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.step import write_json_atomic
+from benchmarks.step import save_rows
 from sab_mips.audit import overridden
 from sab_mips.config import check_retrieval
 from sab_mips.errors import UserError
@@ -131,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.T) < 1 or args.rounds < 1 or args.batch_size < 1 or args.audit_every < 1:
         parser.error("--T, --rounds, --batch-size and --audit-every must be >= 1")
+    if not (args.run / "checkpoint.pt").is_file():
+        parser.error(f"--run {args.run}: no checkpoint.pt there (a directory written by sab-mips train)")
     if args.k_att is not None and args.k_att < 1:
         parser.error("--k-att must be >= 1")
     args.retrieval = list(dict.fromkeys(["exact", *args.retrieval]))
@@ -146,11 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads")
     rows = run(args)
     print(format_table(rows))
-    payload = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-               "rows": rows}
-    write_json_atomic(args.out, payload)
-    print(f"wrote {args.out}")
+    save_rows(args, rows)
     return 0
 
 

@@ -111,6 +111,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save_rows(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Write the benchmark's settings, environment and rows to ``args.out`` (JSON, atomically)."""
+    payload = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+               "rows": rows}
+    write_json_atomic(args.out, payload)
+    print(f"wrote {args.out}")
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
@@ -148,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.k_trunc, args.attend_every, args.seed)
     rows = run(steps, args.rounds)
     print(format_table(rows))
-    payload = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-               "rows": rows}
-    write_json_atomic(args.out, payload)
-    print(f"wrote {args.out}")
+    save_rows(args, rows)
     return 0
 
 
