@@ -153,6 +153,8 @@ def run_compare(args: argparse.Namespace) -> int:
 
     specs = list(dict.fromkeys(args.retrieval))
     seeds = list(dict.fromkeys(args.seeds)) if args.seeds else None
+    if seeds is not None and args.seed is not None:
+        raise UserError("give either --seed or --seeds, not both")
     out = Path(args.out)
     args.retrieval, args.run_dir, args.resume = None, str(out), False
     model_cfg, train_cfg = configs_from_args(args)

@@ -46,6 +46,7 @@ def test_compare_over_seeds_pairs_each_run_with_the_first_setting_of_its_seed(tm
 @pytest.mark.parametrize("extra, message", [
     (["--retrieval", "bogus"], "valid backends"),
     (["--retrieval", "exact", "--seeds", "-1"], "--seeds must be integers >= 0"),
+    (["--retrieval", "exact", "--seeds", "1", "--seed", "2"], "either --seed or --seeds"),
     (["--retrieval", "exact", "--model", "lstm"], "has no effect on model 'lstm'"),
     (["--retrieval", "faiss:Flat", "--scorer", "official"], "needs the dot scorer"),
 ])
