@@ -18,7 +18,7 @@ memory grows by one slot every few steps):
   last search happen in one go. The store also gives exact re-ranking: the native search only proposes
   ids, and the returned scores are exact inner products of the stored keys, in the queries' dtype
   and on their device (this also maps the MIPS->L2 reduction's distances back to inner products).
-* Measured overhead (``python -m benchmarks.retrieval``'s calling-pattern section: B=64, d=128, k=8,
+* Measured overhead (``sab-mips bench retrieval``'s calling-pattern section: B=64, d=128, k=8,
   one search per step and one new slot every 4 steps; 2-core shared CPU, noisy, see benchmarks/README.md):
   at N=16, where searching is nearly free, ``faiss:Flat`` costs 0.53 ms per step against 0.25 ms for the
   batched ``exact``: about 4-5 us per native call. At N=1000 the B calls read the same 33 MB of keys as

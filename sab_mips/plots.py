@@ -1,5 +1,6 @@
-"""PNG figures of a run: learning curves from metrics.jsonl, an attention map from one forward pass, the
-retrieval audits of a SAB-MIPS run, and several runs overlaid (``sab-mips compare``).
+"""PNG figures: learning curves from metrics.jsonl, an attention map from one forward pass, the retrieval
+audits of a SAB-MIPS run, several runs overlaid (``sab-mips compare``), a tuning sweep (``sab-mips tune``)
+and recall against search time (``sab-mips bench retrieval``).
 
 Matplotlib runs on the Agg backend (files only, no screen), so plotting works on headless machines and CI.
 
@@ -20,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
 import torch  # noqa: E402
 
+from .io import atomic_write  # noqa: E402
+
 
 def _running_mean(values: list[float], window: int) -> list[float]:
     """Mean of the last ``window`` values at each position (shorter at the start), to read noisy curves."""
@@ -38,8 +41,12 @@ def _finish(fig, axes, path: str | Path, title: str, dpi: int, legend_size: floa
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    return _save(fig, path, dpi)
+
+
+def _save(fig, path: str | Path, dpi: int) -> Path:
+    """Write ``fig`` as a PNG (atomically: a reader never sees half a file) and close it."""
+    path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
     plt.close(fig)
     return path
 
@@ -77,10 +84,7 @@ def plot_attention_map(attention: torch.Tensor, path: str | Path, title: str = "
     ax.set(xlabel="slot written at step u", ylabel="attending step t", title=title or "attention weights")
     fig.colorbar(image, ax=ax, label="weight")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def _series(records: list[dict[str, Any]], key: str, split: str = "train") -> tuple[list[int], list[float]]:
@@ -149,3 +153,39 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, pri
     ax_eval.set(xlabel="update", ylabel=primary, title=f"eval {primary}")
     ax_recall.set(xlabel="update", ylabel="recall@k_top", title="retrieval recall over training (exact runs: 1)")
     return _finish(fig, (ax_loss, ax_eval, ax_recall), path, title, dpi=100, legend_size=7)
+
+
+def plot_tuning(rows: list[dict[str, Any]], frontier: list[dict[str, Any]], best: dict[str, Any] | None,
+                baseline: dict[str, Any], target: float, title: str, path: str | Path) -> Path:
+    """Recall@k_top against search time per query of every tuned setting, its Pareto frontier and the
+    recommended setting (rows of ``retrieval.tuning.measure``)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([r["ms_per_query"] for r in rows], [r["recall"] for r in rows], s=14, color="0.6", label="settings")
+    ax.plot([r["ms_per_query"] for r in frontier], [r["recall"] for r in frontier], "o-", color="C0", label="Pareto frontier")
+    ax.axhline(target, color="C3", lw=0.8, ls="--", label=f"target recall {target}")
+    ax.axvline(baseline["ms_per_query"], color="k", lw=0.8, ls=":", label="exact search")
+    if best is not None:
+        ax.plot([best["ms_per_query"]], [best["recall"]], "*", ms=14, color="C1", label="recommended")
+    ax.set(xscale="log", xlabel="search time per query (ms)", ylabel="recall@k_top", title=title)
+    return _finish(fig, (ax,), path, "", dpi=100, legend_size=7)
+
+
+def plot_recall_vs_time(rows: list[dict[str, Any]], dataset: str, path: str | Path) -> Path:
+    """One point per (index, N) of the retrieval benchmark on ``dataset``: recall against search time relative
+    to exact search; markers by N."""
+    fig, ax = plt.subplots(figsize=(14, 6))
+    done = [r for r in rows if r["dataset"] == dataset and "recall" in r and r["index"] != "exact"]
+    markers = dict(zip(sorted({r["N"] for r in done}), "os^Dv*"))
+    for i, name in enumerate(sorted({r["index"] for r in done})):
+        pts = [r for r in done if r["index"] == name]
+        for r in pts:
+            ax.scatter(r["ratio"], r["recall"], color=plt.get_cmap("tab20")(i % 20), marker=markers[r["N"]],
+                       label=name if r is pts[0] else None)
+    ax.axvline(1.0, color="black", linestyle="--", label="exact (time ratio 1, recall 1)")
+    ax.set_xscale("log")
+    ax.set_xlabel("search time / exact search time (same N, same run)")
+    ax.set_ylabel("recall@k")
+    ax.set_title(f"{dataset}: recall vs time; markers by N: " + ", ".join(f"{m}={n:g}" for n, m in markers.items()))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)

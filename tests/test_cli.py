@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments.tasks import TASKS
-from sab_mips.checkpoint import read_metrics
-from sab_mips.cli import build_parser, configs_from_args, main
+from sab_mips.tasks import TASKS
+from sab_mips.training.rundir import read_metrics
+from sab_mips.cli import build_parser, main
+from sab_mips.cli.flags import configs_from_args
 
 TINY_SAB = ["--model", "sab", "--hidden-size", "8", "--k-top", "2", "--k-att", "2", "--k-trunc", "3", "--attn-dim", "8"]
 TINY_RUN = ["--task", "copy", "--T", "3", "--batch-size", "2", "--eval-batches", "1", "--no-progress"]
@@ -126,6 +127,26 @@ def test_help_everywhere(capsys):
     assert "--k-top" in capsys.readouterr().out
 
 
+def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, capsys):
+    """Only UserError becomes one line; any other exception (here a ValueError raised by a broken piece
+    of the engine) keeps its traceback."""
+    import sab_mips.cli.train as train_command
+
+    def broken(*args, **kwargs):
+        raise ValueError("shape mismatch deep inside")
+
+    monkeypatch.setattr(train_command, "train", broken)
+    with pytest.raises(ValueError, match="deep inside"):
+        main(["train", "--task", "copy", "--T", "3", "--run-dir", "unused", "--no-progress"])
+
+
+def test_help_shows_the_help_of_every_config_field(capsys):
+    assert main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "K, slots that receive non-zero attention weight at each attention step. Used by: sab. (default: 5)" in out
+    assert "--k-cand K_CAND" in out and "--init-from INIT_FROM" in out
+
+
 def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
@@ -135,9 +156,9 @@ def test_info(capsys):
 
 def test_bench_dispatches_the_remaining_arguments(monkeypatch, capsys):
     seen = {}
-    fake = types.ModuleType("benchmarks.step")
+    fake = types.ModuleType("sab_mips.bench.step")
     fake.main = lambda argv: seen.setdefault("argv", argv) and 0
-    monkeypatch.setitem(sys.modules, "benchmarks.step", fake)
+    monkeypatch.setitem(sys.modules, "sab_mips.bench.step", fake)
     assert main(["bench", "step", "--T", "100", "--help"]) == 0
     assert seen["argv"] == ["--T", "100", "--help"]
 

@@ -1,7 +1,7 @@
 """SlotMemory's hand-written autograd against stacking slots the obvious way (gradcheck in float64)."""
 import torch
 
-from sab_mips.memory import SlotMemory
+from sab_mips.ops.memory import SlotMemory
 
 
 def slot_program(h_seq, use_memory, read_plan):

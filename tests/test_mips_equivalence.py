@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from sab_mips import SABConfig, build_model
-from sab_mips.audit import exact_candidates, overridden
-from sab_mips.reference import sab_forward_reference
+from sab_mips.model.reference import sab_forward_reference
+
+from helpers import assert_same, outputs_and_grads
 
 # N reaches 40 slots per sequence (k_att=1), well above every k_cand below.
 BASE = dict(input_size=3, output_size=4, hidden_size=6, attn_dim=5, k_top=2, k_att=1, k_trunc=4)
@@ -21,24 +22,8 @@ def make(dtype=torch.float64, seed=0, **kwargs):
     return build_model(SABConfig(**{**BASE, **kwargs}), dtype=dtype)
 
 
-def outputs_and_grads(model, x, forward):
-    model.zero_grad()
-    logits = forward(x)
-    weights = torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).reshape(logits.shape)
-    (logits * weights).sum().backward()
-    return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
 def inputs(dtype=torch.float64, B=3, T=40):
     return torch.randn(B, T, 3, dtype=dtype, generator=torch.Generator().manual_seed(1))
-
-
-def assert_same(fast, ref, atol_scale: float):
-    torch.testing.assert_close(fast[0], ref[0], rtol=0, atol=atol_scale)
-    assert fast[1].keys() == ref[1].keys()
-    for name in fast[1]:
-        scale = max(ref[1][name].abs().max().item(), 1e-30)
-        torch.testing.assert_close(fast[1][name], ref[1][name], rtol=0, atol=atol_scale * scale, msg=name)
 
 
 @pytest.mark.parametrize("retrieval", ["exact", "faiss:Flat"])
@@ -72,17 +57,45 @@ def test_exact_retrieval_float32_matches_float64_reference(retrieval, k_cand):
     ref = outputs_and_grads(model, x.double(), lambda inp: sab_forward_reference(model, inp))
     _, record64 = model(x.double(), return_attention=True)
     assert torch.equal(record32.candidate_ids, record64.candidate_ids)
-    assert_same((fast[0].double(), {n: g.double() for n, g in fast[1].items()}), ref, 1e-5)
+    assert_same((fast[0].double(), {n: g.double() for n, g in fast[1].items()}), ref, 1e-5, relative=True)
 
 
 @pytest.mark.parametrize("retrieval", APPROXIMATE)
-def test_approximate_index_forced_to_exact_candidates_equals_reference(retrieval):
+def test_approximate_index_given_the_exact_candidates_equals_reference(retrieval):
+    """Replaying the exact candidates through an approximate model is exact SAB (and so is
+    ``run(retrieval="exact")``, the gradient audit's twin)."""
     model = make(retrieval=retrieval, k_cand=4)
     x = inputs()
     ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp))
-    with overridden(model, candidate_override=exact_candidates):
-        forced = outputs_and_grads(model, x, model)
-    assert_same(forced, ref, 1e-10)
+    exact_record = model.run(x, retrieval="exact", record=True).record
+    replayed = outputs_and_grads(model, x, lambda inp: model.run(inp, replay=exact_record.candidate_ids).logits)
+    assert_same(replayed, ref, 1e-10, relative=True)
+    assert_same(outputs_and_grads(model, x, lambda inp: model.run(inp, retrieval="exact").logits), ref, 1e-10,
+                relative=True)
+
+
+@pytest.mark.parametrize("retrieval", [*APPROXIMATE, "simple-lsh:bits=16,tables=1"])
+def test_replayed_candidates_equal_the_reference_with_the_same_candidates(retrieval):
+    """The twin of SAB-MIPS with an approximate index, padding included: the reference scores only the
+    recorded candidates. ``bits=16`` leaves most buckets nearly empty, so candidates are padded with -1 and
+    the fast path takes its masked branch."""
+    model = make(retrieval=retrieval, k_cand=4)
+    x = inputs()
+    fast = outputs_and_grads(model, x, model)
+    _, record = model(x, return_attention=True)
+    if retrieval.endswith("bits=16,tables=1"):
+        assert (record.candidate_ids < 0).any()
+    ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=record.candidate_ids))
+    assert_same(fast, ref, 1e-10, relative=True)
+    replayed = outputs_and_grads(model, x, lambda inp: model.run(inp, replay=record.candidate_ids).logits)
+    assert_same(replayed, fast, 0.0)
+
+
+def test_replay_refuses_a_record_of_another_shape():
+    model = make(retrieval="exact", k_cand=4)
+    _, record = model(inputs(), return_attention=True)
+    with pytest.raises(ValueError, match="replay holds"):
+        model.run(inputs(T=60), replay=record.candidate_ids)
 
 
 def test_approximate_index_alone_changes_the_candidates():

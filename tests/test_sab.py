@@ -3,23 +3,15 @@ import pytest
 import torch
 
 from sab_mips import DenseAttentionLSTM, SABConfig, SABLSTM, build_model
-from sab_mips.reference import sab_forward_reference
+from sab_mips.model.reference import sab_forward_reference
+
+from helpers import outputs_and_grads
 
 
 def make(cfg_kwargs, dtype=torch.float64, seed=0, model="sab"):
     torch.manual_seed(seed)
     cfg = SABConfig(model=model, input_size=3, output_size=4, hidden_size=6, attn_dim=5, **cfg_kwargs)
     return build_model(cfg, dtype=dtype)
-
-
-def outputs_and_grads(model, x, forward):
-    model.zero_grad()
-    x = x.clone().requires_grad_()
-    logits = forward(x)
-    weights = torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).reshape(logits.shape)
-    (logits * weights).sum().backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    return logits.detach(), grads, x.grad
 
 
 CASES = [
@@ -35,8 +27,8 @@ CASES = [
 def test_fast_path_equals_reference_float64(case):
     model = make(case)
     x = torch.randn(3, 23, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    fast = outputs_and_grads(model, x, model)
-    ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp))
+    fast = outputs_and_grads(model, x, model, input_grad=True)
+    ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp), input_grad=True)
     torch.testing.assert_close(fast[0], ref[0], rtol=0, atol=1e-10)
     assert fast[1].keys() == ref[1].keys()
     for name in fast[1]:
@@ -47,8 +39,8 @@ def test_fast_path_equals_reference_float64(case):
 def test_fast_path_equals_reference_float32():
     model = make(CASES[0], dtype=torch.float32)
     x = torch.randn(4, 30, 3, generator=torch.Generator().manual_seed(2))
-    fast = outputs_and_grads(model, x, model)
-    ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp))
+    fast = outputs_and_grads(model, x, model, input_grad=True)
+    ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp), input_grad=True)
     torch.testing.assert_close(fast[0], ref[0], rtol=0, atol=1e-5)
     # float32 rounding, amplified by the sparsifier's 1/Σ(a − δ) factor, accumulates over the 30 steps:
     # compare relative to each gradient's scale (the float64 test above is the tight one).
@@ -62,8 +54,8 @@ def test_dense_attention_equals_reference(scorer):
     model = make(dict(k_att=2, scorer=scorer), model="dense")
     assert isinstance(model, DenseAttentionLSTM)
     x = torch.randn(2, 15, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    fast = outputs_and_grads(model, x, model)
-    ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp))
+    fast = outputs_and_grads(model, x, model, input_grad=True)
+    ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp), input_grad=True)
     torch.testing.assert_close(fast[0], ref[0], rtol=0, atol=1e-10)
     for name in fast[1]:
         torch.testing.assert_close(fast[1][name], ref[1][name], rtol=0, atol=1e-10, msg=name)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sab_mips.sparsify import relu_normalise, sparse_attention_weights, sparse_attention_weights_reference
+from sab_mips.ops.sparsify import relu_normalise, sparse_attention_weights, sparse_attention_weights_reference
 
 INF = float("inf")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.tasks import TASKS, get_task
+from sab_mips.tasks import TASKS, get_task
 
 
 def _gen(seed: int = 0) -> torch.Generator:

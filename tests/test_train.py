@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.tasks import TASKS
-from sab_mips.checkpoint import load_checkpoint, read_metrics
-from sab_mips.config import SABConfig, TrainConfig
+from sab_mips import SABConfig, TrainConfig, Trainer
 from sab_mips.errors import UserError
-from sab_mips.train import evaluate, load_run, train
+from sab_mips.tasks import TASKS, batch_generator
+from sab_mips.training import evaluate, load_run, train
+from sab_mips.training.rundir import load_checkpoint, read_metrics
 
 TIMING = ("wall_time", "sec_per_update", "retrieval_seconds", "retrieval_fraction", "audit_seconds")
 
@@ -63,7 +63,17 @@ def test_run_directory_files(tmp_path):
     assert summary["steps"] == 3 and summary["stopped"] == "steps" and "mse" in summary["eval"]
     model, task, _, _, state = load_run(tmp_path)
     assert state["step"] == 3 and "optimizer_state" in state and "rng_state" in state
-    assert evaluate(model, task, 6, 1, 0, 2) == evaluate(model, task, 6, 1, 0, 2)  # transfer to another T
+
+
+def test_evaluate_at_another_T_uses_the_fixed_eval_batches_of_that_length(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=1, task="adding", T=4)
+    train(model_cfg, cfg, tmp_path, progress=False)
+    model, task, *_ = load_run(tmp_path)
+    x, y = task.make_batch(9, 2, batch_generator(5, 0, "eval"))
+    assert x.shape[1] == 9
+    with torch.no_grad():
+        expected = task.metrics(model(x), y)
+    assert evaluate(model, task, 9, 1, 5, 2) == expected  # transfer: length 9, trained at 4
 
 
 def test_time_budget_stops_the_run(tmp_path):
@@ -145,3 +155,32 @@ def test_warm_start_refuses_other_parameter_shapes(tmp_path):
     assert not (tmp_path / "w").exists()
     with pytest.raises(UserError, match="no checkpoint"):
         train(model_cfg, cfg.replace(init_from=str(tmp_path / "missing")), tmp_path / "w", progress=False)
+
+
+# Losses of a short SAB run, pinned when the code was reorganised into layers: the training path
+# (initialisation, data stream, forward, backward, Adam) must not change silently. Tolerance: float32
+# rounding of other CPUs, far below what any change to the computation gives.
+PINNED_LOSSES = [2.2376632690429688, 2.2511789798736572, 2.2091095447540283, 2.1399762630462646,
+                 2.075542688369751, 2.11749005317688]
+
+
+def test_training_trajectory_is_pinned(tmp_path):
+    model_cfg = SABConfig(model="sab", hidden_size=16, k_top=2, k_att=2, k_trunc=3, attn_dim=8)
+    cfg = TrainConfig(task="copy", T=8, batch_size=4, steps=6, eval_every=3, eval_batches=1, seed=2)
+    train(model_cfg, cfg, tmp_path, progress=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert losses == pytest.approx(PINNED_LOSSES, rel=1e-5)
+
+
+def test_trainer_steps_evaluates_and_checkpoints(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=5)
+    trainer = Trainer(model_cfg, cfg, tmp_path, progress=False)
+    line = trainer.train_step()
+    assert line["step"] == trainer.step == 1 and line["split"] == "train"
+    assert set(trainer.evaluate()) >= {"loss", "accuracy"}
+    trainer.checkpoint()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    summary = trainer.run()  # continues to cfg.steps
+    assert summary["steps"] == 5 and trainer.saved_step == 5
+    resumed = Trainer(model_cfg, cfg.replace(steps=6), tmp_path, resume=True, progress=False)
+    assert resumed.step == 5 and resumed.run()["steps"] == 6

@@ -28,10 +28,12 @@ gives exactly the outputs and gradients of scoring every slot — which ``refere
 does. An approximate index changes only which slots are candidates. The other scorers select by a
 no-grad scan of all slots, then re-score the candidates the same way.
 
-Two seams for measuring approximate retrieval (``audit``): ``candidate_override`` replaces the index's
-answer (``audit.exact_candidates`` forces the exact top set), and ``audit_every`` > 0 compares every
-``audit_every``-th attention step with exact search. ``last_retrieval`` holds the time spent in the index
-and the audit sums of the latest forward pass.
+Measuring approximate retrieval goes through arguments of ``run``, never through state left on the module:
+``retrieval=`` searches with another index for one call (``"exact"`` gives the exact twin of an
+approximate pass), ``replay=`` re-uses the candidate ids recorded by an earlier pass instead of searching
+(the slow twin of any index, and what a memory-bounded backward needs), and ``audit_every`` > 0 compares
+every ``audit_every``-th attention step with exact search over the same keys. ``run`` returns the logits
+with the attention record, the retrieval statistics and the recorded queries (``SABOutput``).
 
 Example::
 
@@ -40,52 +42,68 @@ Example::
     >>> logits, record = model(torch.randn(4, 10, 3), return_attention=True)
     >>> logits.shape, record.slot_ids.shape      # (B, T, O), (S, B, K)
     (torch.Size([4, 10, 2]), torch.Size([8, 4, 2]))
+    >>> out = model.run(torch.randn(4, 10, 3), retrieval="faiss:HNSW32", audit_every=1)
+    >>> out.stats.as_metrics()["recall"]
+    1.0
 """
 from __future__ import annotations
 
 import time
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from indexes import MIPSIndex, make_index
 
-from .audit import RetrievalStats
+from ..ops.memory import SlotMemory
+from ..ops.sparsify import sparse_attention_weights
+from ..retrieval.stats import RetrievalStats
 from .config import SABConfig, check_retrieval
-from .memory import SlotMemory
+from .inputs import check_input
 from .record import AttentionRecord
 from .scorers import DotScorer, make_scorer
-from .sparsify import sparse_attention_weights
 
 
-# (q̃ (B, H), stored slots (B, N, H), C) -> candidate ids (B, C), -1 padded; both inputs detached
-CandidateOverride = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+@dataclass
+class SABOutput:
+    """What one pass of ``SABLSTM.run`` returns.
+
+    Attributes:
+        logits: (B, T, O) per-step outputs.
+        record: the attention record (``record=True``), else None.
+        stats: time spent in the index and the audit sums of this pass.
+        queries: (S, B, d_k) the search queries of every attention step (``collect_queries=True``), else None.
+    """
+
+    logits: torch.Tensor
+    record: AttentionRecord | None
+    stats: RetrievalStats
+    queries: torch.Tensor | None = None
 
 
 class _ForwardState:
     """Everything one forward pass accumulates: the memory, the index, and what is being recorded."""
 
-    def __init__(self, model: "SABLSTM", x: torch.Tensor, record: bool, collect_queries: bool) -> None:
+    def __init__(self, model: "SABLSTM", x: torch.Tensor, retrieval: str, replay: torch.Tensor | None,
+                 record: bool, audit_every: int, collect_queries: bool) -> None:
         B, H = x.shape[0], model.config.hidden_size
         self.memory = SlotMemory(B, H, device=x.device, dtype=x.dtype)
         self.index: MIPSIndex | None = None
-        self.override: CandidateOverride | None = None
+        self.exact_index: MIPSIndex | None = None  # the audits' reference: the same keys, searched exactly
+        self.replay = replay
         self.stats = RetrievalStats()
-        self.audit_every = 0
+        reason = model.audit_skip_reason(retrieval)
+        if replay is not None:
+            reason = "skipped: candidates replayed from a record"
+        self.audit_every = audit_every if reason is None else 0
+        self.stats.audits = reason or self.stats.audits
         if isinstance(model.scorer, DotScorer) and model.retrieves:
-            self.index = make_index(model.retrieval)
+            self.index = make_index(retrieval)
             self.index.reset(B, model.config.attn_dim)  # keys W_k m_i (d_k <= H: less to scan per search)
-            self.override = model.candidate_override
-            # Exact candidates need no audit: recall and mass recovered are 1 by construction.
-            if self.override is not None:
-                self.stats.audits = "skipped: candidates overridden"
-            elif self.index.exact:
-                self.stats.audits = f"skipped: retrieval {model.retrieval!r} is exact (recall 1 by construction)"
-            else:
-                self.audit_every = model.audit_every
-        else:
-            self.stats.audits = "skipped: no index, every slot is scored (exact)"
+            if self.audit_every:
+                self.exact_index = make_index("exact")
+                self.exact_index.reset(B, model.config.attn_dim)
         self.attention_steps = 0
         self.record = record
         self.steps: list[int] = []
@@ -104,6 +122,8 @@ class _ForwardState:
             key = h.detach() @ self.key_weight.detach().t()  # k_i = W_k m_i, (B, d_k)
             self.index.add(key.unsqueeze(1))
             self.stats.add_seconds += time.perf_counter() - start
+            if self.exact_index is not None:
+                self.exact_index.add(key.unsqueeze(1))
 
     def project(self, h_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The search query q = W_q ĥ / sqrt(d_k) (B, d_k) and q̃ = W_kᵀ q (B, H), both in the graph.
@@ -114,11 +134,18 @@ class _ForwardState:
         query = h_hat @ self.query_weight.t()
         return query, query @ self.key_weight
 
-    def audit_due(self) -> bool:
-        """Whether this attention step is compared with exact search (every ``audit_every``-th step)."""
-        due = self.audit_every > 0 and self.attention_steps % self.audit_every == 0
+    def next_attention_step(self) -> tuple[int, bool]:
+        """The number of this attention step (0, 1, ...) and whether it is audited (every ``audit_every``-th)."""
+        step = self.attention_steps
         self.attention_steps += 1
-        return due
+        return step, self.audit_every > 0 and step % self.audit_every == 0
+
+    def replayed(self, step: int, count: int) -> torch.Tensor:
+        """The recorded candidate ids (B, C) of attention step ``step``."""
+        if step >= self.replay.shape[0] or self.replay.shape[2] != count:
+            raise ValueError(f"replay holds {tuple(self.replay.shape)} candidate ids (S, B, C); this pass needs "
+                             f"C={count} at attention step {step}")
+        return self.replay[step].to(self.memory.values_buffer.device)
 
     def log(self, t: int, candidate_ids: torch.Tensor, weights: torch.Tensor, width: int) -> None:
         """Keep the ``width`` largest weights of this step (and the candidates) for the record."""
@@ -179,9 +206,6 @@ class SABLSTM(nn.Module):
         self.scorer = make_scorer(config.scorer, H, config.attn_dim, **factory)
         self.head = nn.Linear(2 * H, config.output_size, **factory)  # reads [h_t ; s_t]
         self.retrieval = config.retrieval  # index factory string; ``set_retrieval`` changes it after training
-        self.candidate_override: CandidateOverride | None = None
-        self.audit_every = 0  # compare every n-th attention step with exact search (0: never)
-        self.last_retrieval: RetrievalStats | None = None
 
     def set_retrieval(self, retrieval: str) -> None:
         """Search with another index from now on (e.g. a larger efSearch, or ``exact``, for evaluation).
@@ -190,6 +214,20 @@ class SABLSTM(nn.Module):
         """
         check_retrieval(retrieval, self.config.scorer)
         self.retrieval = retrieval
+
+    def audit_skip_reason(self, retrieval: str | None = None) -> str | None:
+        """Why retrieval audits cannot run with ``retrieval`` (default: the model's), or None when they can.
+
+        Exact candidates need no audit: their recall, attention mass and gradient cosine are 1 by construction.
+        """
+        retrieval = self.retrieval if retrieval is None else retrieval
+        if not self.retrieves:
+            return "skipped: no retrieval, every slot is read (exact)"
+        if not isinstance(self.scorer, DotScorer):
+            return f"skipped: scorer {self.config.scorer!r} scans every slot (exact)"
+        if make_index(retrieval).exact:
+            return f"skipped: retrieval {retrieval!r} is exact (recall 1 and gradient cosine 1 by construction)"
+        return None
 
     def extra_repr(self) -> str:
         c = self.config
@@ -204,9 +242,33 @@ class SABLSTM(nn.Module):
     # ---- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Per-step logits (B, T, O) for inputs x (B, T, I); with ``return_attention`` also the record."""
-        state = self._run(x, record=return_attention)
-        logits = state.logits
-        return (logits, state.attention_record()) if return_attention else logits
+        out = self.run(x, record=return_attention)
+        return (out.logits, out.record) if return_attention else out.logits
+
+    def run(self, x: torch.Tensor, *, retrieval: str | None = None, replay: torch.Tensor | None = None,
+            record: bool = False, audit_every: int = 0, collect_queries: bool = False) -> SABOutput:
+        """One pass over inputs x (B, T, I), with everything it can measure.
+
+        Args:
+            retrieval: index factory string for this call only (default: ``self.retrieval``).
+            replay: (S, B, C) candidate ids recorded by an earlier pass (``AttentionRecord.candidate_ids``);
+                used instead of searching, so the pass re-computes exactly what those candidates give.
+            record: return the attention record.
+            audit_every: compare every n-th attention step with exact search (0: never; skipped when the
+                candidates are exact by construction, see ``audit_skip_reason``).
+            collect_queries: return the search query of every attention step.
+        """
+        if not self.retrieves and (retrieval is not None or replay is not None or audit_every):
+            raise ValueError(f"{type(self).__name__} reads every slot: retrieval, replay and audit_every do not apply")
+        if retrieval is not None:
+            check_retrieval(retrieval, self.config.scorer)
+        state = self._run(x, self.retrieval if retrieval is None else retrieval, replay, record, audit_every,
+                          collect_queries)
+        queries = None
+        if collect_queries:
+            d_k = self.config.attn_dim
+            queries = torch.stack(state.queries) if state.queries else x.new_zeros(0, x.shape[0], d_k)
+        return SABOutput(state.logits, state.attention_record() if record else None, state.stats, queries)
 
     @torch.no_grad()
     def collect_memories(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -217,7 +279,7 @@ class SABLSTM(nn.Module):
         """
         if not isinstance(self.scorer, DotScorer):
             raise ValueError(f"collect_memories needs the dot scorer, not {self.config.scorer!r}")
-        state = self._run(x, record=False, collect_queries=True)
+        state = self._run(x, self.retrieval, None, False, 0, collect_queries=True)
         d_k = self.config.attn_dim
         queries = torch.stack(state.queries) if state.queries else x.new_zeros(0, x.shape[0], d_k)
         return {"keys": state.memory.values() @ self.scorer.key_proj.weight.t(), "queries": queries}
@@ -225,11 +287,12 @@ class SABLSTM(nn.Module):
     def _segment_length(self, T: int) -> int:
         return self.config.k_trunc
 
-    def _run(self, x: torch.Tensor, record: bool, collect_queries: bool = False) -> _ForwardState:
-        self._check_input(x)
+    def _run(self, x: torch.Tensor, retrieval: str, replay: torch.Tensor | None, record: bool, audit_every: int,
+             collect_queries: bool) -> _ForwardState:
+        check_input(self, x, self.config.input_size)
         cfg = self.config
         B, T, _ = x.shape
-        state = _ForwardState(self, x, record, collect_queries)
+        state = _ForwardState(self, x, retrieval, replay, record, audit_every, collect_queries)
         if isinstance(self.scorer, DotScorer):
             state.query_weight = self.scorer.query_proj.weight * self.scorer.scale  # once per pass
             state.key_weight = self.scorer.key_proj.weight
@@ -258,67 +321,61 @@ class SABLSTM(nn.Module):
                     state.write(h, t)
         features = torch.cat([torch.stack(hs, dim=1), torch.stack(ss, dim=1)], dim=2)  # (B, T, 2H)
         state.logits = self.head(features)
-        self.last_retrieval = state.stats
         return state
 
     def _attend(self, h_hat: torch.Tensor, state: _ForwardState, t: int) -> torch.Tensor:
         """Sparse summary s_t (B, H) of the memory for provisional states ĥ_t (B, H)."""
         k, eps = self.config.k_top, self.config.eps
         count = self.config.candidates
-        ids, query = self._retrieve(h_hat, state, count)  # (B, C)
+        step, audited = state.next_attention_step()
+        ids, search_query, query = self._retrieve(h_hat, state, count, step)  # ids (B, C)
         slots = state.memory.read(ids)  # (B, C, H), in the graph
         scores = self._score(h_hat, query, slots)  # (B, C), in the graph
         # No padding among the candidates (an exact search over at least C slots never pads; other searches
         # are checked): skip the masks. Every backend then takes the same path, so equal candidates give
         # bit-identical results.
-        exact_search = state.override is None and (state.index is None or state.index.exact)
+        exact_search = state.replay is None and (state.index is None or state.index.exact)
         full = state.memory.size >= count and (exact_search or bool((ids >= 0).all()))
         if full:
             weights = sparse_attention_weights(scores, k, eps, all_valid=True)
         else:
             weights = sparse_attention_weights(scores, k, eps, valid=ids >= 0)
-        if query is not None and state.audit_due():
-            state.stats.audit(query.detach(), state.memory.values(), ids, scores.detach(), weights.detach(), k)
+        if audited:
+            state.stats.audit(search_query.detach(), state.exact_index, ids, scores.detach(), weights.detach(), k)
         state.log(t, ids, weights, k)
         return (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
 
-    def _retrieve(self, h_hat: torch.Tensor, state: _ForwardState, count: int):
-        """Candidate slot ids (B, count), -1 padded, and the dot scorer's query q̃ (or None)."""
+    def _retrieve(self, h_hat: torch.Tensor, state: _ForwardState, count: int, step: int):
+        """Candidate slot ids (B, count), -1 padded; the search query q (or None) and the dot scorer's q̃
+        (or None)."""
         if state.index is not None:
             search_query, query = state.project(h_hat)  # q (B, d_k) for the index, q̃ (B, H) for re-scoring
             if state.queries is not None:
                 state.queries.append(search_query.detach().clone())
+            if state.replay is not None:
+                return state.replayed(step, count), search_query, query
             start = time.perf_counter()
-            if state.override is not None:
-                ids = state.override(query.detach(), state.memory.values(), count)
-            else:
-                _, ids = state.index.search(search_query.detach(), count)
+            _, ids = state.index.search(search_query.detach(), count)
             # One canonical order (newest slot first, padding last) for every backend: an approximate index
             # that returns the exact candidate set then gives bit-identical results to exact search, so a
             # difference between runs measures missed candidates and not summation order.
             ids = ids.sort(dim=1, descending=True).values
             state.stats.search_seconds += time.perf_counter() - start
-            return ids, query
+            return ids, search_query, query
+        if state.replay is not None:
+            return state.replayed(step, count), None, None
         with torch.no_grad():
             scores = self.scorer(h_hat, state.memory.values())  # (B, N)
             top = scores.topk(min(count, state.memory.size), dim=1).indices
         if top.shape[1] == count:
-            return top, None
+            return top, None, None
         padding = top.new_full((top.shape[0], count - top.shape[1]), -1)
-        return torch.cat([top, padding], dim=1), None
+        return torch.cat([top, padding], dim=1), None, None
 
     def _score(self, h_hat: torch.Tensor, query: torch.Tensor | None, slots: torch.Tensor) -> torch.Tensor:
         if query is not None:
             return DotScorer.score_query(query, slots)
         return self.scorer(h_hat, slots)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        expected = self.config.input_size
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[2] != expected:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__}: expected input of shape (B, T, {expected}), got {got}")
-        if x.shape[0] < 1 or x.shape[1] < 1:
-            raise ValueError(f"{type(self).__name__}: input needs B >= 1 and T >= 1, got {tuple(x.shape)}")
 
 
 class DenseAttentionLSTM(SABLSTM):

@@ -2,7 +2,7 @@
 
 Shapes: B=32 queries, S sequences built, N slots per sequence, d=128, k=8.
 
-For each data set (``benchmarks.datasets``: gaussian, clustered, memories) and N in ``--sizes``:
+For each data set (``sab_mips.retrieval.datasets``: gaussian, clustered, memories) and N in ``--sizes``:
 
 * build the indexes over S = min(B, 2^floor(log2(max_keys / N))) sequences (all B=32 at N=10³, fewer
   at large N to bound memory and build time) and ask B queries, query i going to sequence i mod S,
@@ -17,25 +17,26 @@ section measures the model's use: B=64 sequences at N=1000, one search per step 
 Outputs: a printed table, ``retrieval.json`` and one recall-versus-time plot per data set in ``--out``,
 written atomically. Timings on a shared machine are noisy. Never asserts.
 
-Run: ``sab-mips bench retrieval`` or ``python -m benchmarks.retrieval --help``.
+Run: ``sab-mips bench retrieval`` (``--help`` lists the options).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
 import statistics
-import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
-from benchmarks.datasets import load_memories, make_dataset
 from indexes import make_index
+
+from ..io import write_json
+from ..plots import plot_recall_vs_time
+from ..retrieval.datasets import DATASETS, load_memories, make_dataset
+from ..retrieval.metrics import recall_at_k
+from ..retrieval.timing import build_key, time_search, timed
+from .common import prepare
 
 DEFAULT_INDEXES = [
     "faiss:Flat",
@@ -68,8 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="slots per sequence, comma-separated (default 1e3,1e4,1e5)")
     p.add_argument("--huge", action="store_true", help="also run N=10^6")
     p.add_argument("--indexes", nargs="+", default=DEFAULT_INDEXES, help="factory strings (exact is always run)")
-    p.add_argument("--datasets", nargs="+", default=["gaussian", "clustered", "memories"],
-                   choices=["gaussian", "clustered", "memories"])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--memories", type=Path, help=".npz with keys (M, d) and queries (Q, d) from --record-memories")
     p.add_argument("--dim", type=int, default=128, help="key dimension of the synthetic data sets")
     p.add_argument("--queries", type=int, default=32, help="B, queries per search")
@@ -90,34 +90,6 @@ def sequences_for(n: int, batch: int, max_keys: int) -> int:
     while 2 * s <= batch and 2 * s * n <= max_keys and batch % (2 * s) == 0:
         s *= 2
     return s
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def search_all(index, queries: torch.Tensor, s: int, k: int) -> torch.Tensor:
-    """B queries as B/S batched searches of S: ids (B, k)."""
-    return torch.cat([index.search(queries[j : j + s], k)[1] for j in range(0, queries.shape[0], s)])
-
-
-def time_search(index, queries: torch.Tensor, s: int, k: int, repeats: int) -> tuple[float, torch.Tensor]:
-    ids = search_all(index, queries, s, k)  # warm-up
-    times = [timed(lambda: search_all(index, queries, s, k))[0] for _ in range(repeats)]
-    return statistics.median(times), ids
-
-
-def recall(ids: torch.Tensor, truth: torch.Tensor) -> float:
-    hits = sum(len(set(a) & set(b) - {-1}) for a, b in zip(ids.tolist(), truth.tolist()))
-    return hits / truth.numel()
-
-
-def build_key(index) -> str:
-    """The factory string without search-time parameters: indexes with equal keys share one build."""
-    fixed = [a for a in index.factory_args() if a.partition("=")[0] not in index.search_params()]
-    return index.name + ":" + ",".join(fixed)
 
 
 def run_size(dataset: str, n: int, args: argparse.Namespace, memories) -> list[dict]:
@@ -144,11 +116,12 @@ def run_size(dataset: str, n: int, args: argparse.Namespace, memories) -> list[d
             index.reset(s, dim)
             build_s, _ = timed(lambda: (index.add(keys), index.flush()))
             built[key] = (index, build_s)
-        search_s, ids = time_search(index, queries, s, k, args.repeats)
+        search_s, (scores, _) = time_search(index, queries, s, k, args.repeats)
         if reference is None:
-            reference = dict(ids=ids, search_s=search_s)
+            reference = dict(scores=scores, search_s=search_s)
         stats = index.stats()
-        row = {**base, "recall": recall(ids, reference["ids"]), "search_ms": 1e3 * search_s,
+        recall = float(recall_at_k(scores, reference["scores"]).double().mean())
+        row = {**base, "recall": recall, "search_ms": 1e3 * search_s,
                "ratio": search_s / reference["search_s"], "build_s": build_s, "nbytes": index.nbytes(),
                "shared_build": shared}
         if "candidates_per_query" in stats:
@@ -216,46 +189,9 @@ def calling_pattern(specs: list[str], seed: int, n: int, steps: int = 40) -> lis
     return rows
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def plot(rows: list[dict], dataset: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(14, 6))
-    done = [r for r in rows if r["dataset"] == dataset and "recall" in r and r["index"] != "exact"]
-    markers = dict(zip(sorted({r["N"] for r in done}), "os^Dv*"))
-    for i, name in enumerate(sorted({r["index"] for r in done})):
-        pts = [r for r in done if r["index"] == name]
-        for r in pts:
-            ax.scatter(r["ratio"], r["recall"], color=plt.get_cmap("tab20")(i % 20), marker=markers[r["N"]],
-                       label=name if r is pts[0] else None)
-    ax.axvline(1.0, color="black", linestyle="--", label="exact (time ratio 1, recall 1)")
-    ax.set_xscale("log")
-    ax.set_xlabel("search time / exact search time (same N, same run)")
-    ax.set_ylabel("recall@k")
-    ax.set_title(f"{dataset}: recall vs time; markers by N: "
-                 + ", ".join(f"{m}={n:g}" for n, m in markers.items()))
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    prepare(None)
     sizes = args.sizes + ([1_000_000] if args.huge and 1_000_000 not in args.sizes else [])
     memories = None
     datasets = list(args.datasets)
@@ -282,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                   threads=torch.get_num_threads(), memories=str(args.memories) if args.memories else None,
                   rows=rows, candidate_exponents=fits, calling_pattern=pattern)
     out = args.out
-    atomic_write(out / "retrieval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    write_json(out / "retrieval.json", result)
     for dataset in datasets:
-        plot(rows, dataset, out / f"recall_vs_time_{dataset}.png")
+        plot_recall_vs_time(rows, dataset, out / f"recall_vs_time_{dataset}.png")
     print(f"wrote {out / 'retrieval.json'} and {len(datasets)} plot(s)")
     return 0
 

@@ -10,24 +10,21 @@ milliseconds per time step and the ratios that the targets are stated in:
 Settings are timed in interleaved rounds and each ratio is the median of per-round ratios, because this
 kind of machine is noisy: a ratio of two timings taken at the same moment is far steadier than either.
 
-Run: ``sab-mips bench step`` (or ``python -m benchmarks.step``); ``--help`` lists the options.
+Run: ``sab-mips bench step``; ``--help`` lists the options.
 Prints a table and writes JSON (atomically). Never asserts: speed is measured here, not in tests.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from sab_mips import SABConfig, build_model
+from ..model import SABConfig, build_model
+from .common import prepare, save_rows
 
 
 class TrainingStep:
@@ -111,22 +108,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def save_rows(args: argparse.Namespace, rows: list[dict]) -> None:
-    """Write the benchmark's settings, environment and rows to ``args.out`` (JSON, atomically)."""
-    payload = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-               "rows": rows}
-    write_json_atomic(args.out, payload)
-    print(f"wrote {args.out}")
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(f.name, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sab-mips bench step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--T", type=int, nargs="+", default=[100, 1000, 3000], help="sequence lengths")
@@ -146,13 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.T) < 1 or args.rounds < 1 or args.batch_size < 1:
         parser.error("--T, --rounds and --batch-size must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    prepare(args.threads)
     print(f"training-step benchmark: B={args.batch_size} H={args.hidden_size} k_att={args.k_att} "
           f"k_top={args.k_top} k_trunc={args.k_trunc} attend_every={args.attend_every}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    # Saturated gates of an untrained SAB at large T produce denormals, which slow CPU arithmetic 5-100x.
-    torch.set_flush_denormal(True)
     steps = build_steps(sorted(args.T), args.models, args.batch_size, args.hidden_size, args.k_att, args.k_top,
                         args.k_trunc, args.attend_every, args.seed)
     rows = run(steps, args.rounds)

@@ -8,8 +8,8 @@ index will really hold), runs it at the lengths given by ``--T`` and times one f
 * ``s/update`` and ``x exact``: the update's wall time and its ratio to exact retrieval's, the median of
   ratios taken within a round (settings are timed in interleaved rounds: this kind of machine is noisy);
 * ``in index``: seconds of that update spent in index search and add;
-* ``recall`` / ``mass``: recall@k_top and attention mass recovered (``sab_mips.audit``) over every
-  ``--audit-every``-th attention step of one extra, untimed forward pass.
+* ``recall`` / ``mass``: recall@k_top and attention mass recovered (``sab_mips.retrieval.metrics``) over
+  every ``--audit-every``-th attention step of one extra, untimed forward pass.
 
 A setting is worth using where ``x exact`` < 1 *and* recall is acceptable; the smallest such N is the
 crossover.
@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.step import save_rows
-from sab_mips.audit import overridden
-from sab_mips.config import check_retrieval
-from sab_mips.errors import UserError
-from sab_mips.models import build_model
-from sab_mips.train import batch_generator, load_run
+from ..errors import UserError
+from ..model import build_model, check_retrieval
+from ..tasks import batch_generator
+from ..training import load_run
+from .common import prepare, save_rows
 
 
 class HeavyUpdate:
@@ -47,23 +46,19 @@ class HeavyUpdate:
         """(seconds of the update, seconds of it spent in the index) with ``retrieval``."""
         self.model.load_state_dict(self.initial)
         self.optimizer.state.clear()
-        self.model.set_retrieval(retrieval)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss_fn(self.model(self.x), self.y).backward()
+        out = self.model.run(self.x, retrieval=retrieval)
+        self.loss_fn(out.logits, self.y).backward()
         self.optimizer.step()
         seconds = time.perf_counter() - start
-        stats = self.model.last_retrieval
-        return seconds, stats.search_seconds + stats.add_seconds
+        return seconds, out.stats.search_seconds + out.stats.add_seconds
 
     @torch.no_grad()
     def audit(self, retrieval: str, every: int) -> dict[str, float]:
         """Recall@k_top and mass recovered over every ``every``-th attention step (1 for exact retrieval)."""
         self.model.load_state_dict(self.initial)
-        self.model.set_retrieval(retrieval)
-        with overridden(self.model, audit_every=every):
-            self.model(self.x)
-        metrics = self.model.last_retrieval.as_metrics()
+        metrics = self.model.run(self.x, retrieval=retrieval, audit_every=every).stats.as_metrics()
         return {"recall": metrics.get("recall", 1.0), "mass_recovered": metrics.get("mass_recovered", 1.0)}
 
 
@@ -138,11 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for spec in args.retrieval:
             check_retrieval(spec, "dot")
-    except ValueError as exc:
+    except UserError as exc:
         parser.error(str(exc))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as in training (sab_mips.cli): saturated gates give denormals
+    prepare(args.threads)
     print(f"retrieval-heavy update: run {args.run}, B={args.batch_size}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     rows = run(args)

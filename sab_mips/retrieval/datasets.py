@@ -1,4 +1,4 @@
-"""Data sets for the retrieval benchmark: keys (S, N, d) for S sequences, queries (Q, d).
+"""Data sets for measuring retrieval: keys (S, N, d) for S sequences, queries (Q, d).
 
 * ``gaussian``  (worst case for MIPS): isotropic directions with log-normal norms,
   ``x = g · exp(0.5 z) / sqrt(d)``, g ~ N(0, I_d), z ~ N(0, 1); queries ~ N(0, I_d).
@@ -23,14 +23,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
+
 def load_memories(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The recorded pools: keys (M, d) and queries (Q', d), float32."""
-    with np.load(path) as data:
-        keys = np.asarray(data["keys"], dtype=np.float32)
-        queries = np.asarray(data["queries"], dtype=np.float32)
+    """The recorded pools: keys (M, d) and queries (Q', d), float32; UserError if the file is not one."""
+    try:
+        with np.load(path) as data:
+            keys = np.asarray(data["keys"], dtype=np.float32)
+            queries = np.asarray(data["queries"], dtype=np.float32)
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"cannot read memories {path}: {exc}") from None
     if keys.ndim != 2 or queries.ndim != 2 or keys.shape[1] != queries.shape[1]:
-        raise ValueError(f"{path}: need keys (M, d) and queries (Q, d), got {keys.shape} and {queries.shape}")
+        raise UserError(f"{path}: need keys (M, d) and queries (Q, d), got {keys.shape} and {queries.shape}")
     return keys, queries
+
+
+DATASETS = ("gaussian", "clustered", "memories")
 
 
 def _sample(pool: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
@@ -58,7 +67,8 @@ def make_dataset(name: str, sequences: int, n: int, dim: int, n_queries: int, se
         keys = draw((sequences, n)) * (0.5 + torch.rand(sequences, n, 1, generator=g))
         return keys, draw((n_queries,)), f"{centres} centres, rank {rank}"
     if name == "memories":
-        assert memories is not None
+        if memories is None:
+            raise UserError("the memories data set needs recorded memories (load_memories)")
         pool_keys, pool_queries = memories
         rng = np.random.default_rng(seed)
         rows, replaced = [], False
@@ -71,4 +81,4 @@ def make_dataset(name: str, sequences: int, n: int, dim: int, n_queries: int, se
                 f"{'WITH replacement (pool < N)' if replaced else 'without replacement'} per sequence, queries "
                 f"{'with' if q_replaced else 'without'} replacement")
         return torch.from_numpy(np.stack(rows)), torch.from_numpy(np.ascontiguousarray(queries)), note
-    raise ValueError(f"unknown data set {name!r}; valid: gaussian, clustered, memories")
+    raise UserError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")

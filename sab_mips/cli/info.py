@@ -8,8 +8,15 @@ Example:
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import platform
+
+from ..model import MODEL_DOCS, MODEL_FIELDS, MODELS
+from ..tasks import TASKS
+
+HELP = "versions, device, threads and available retrieval backends"
+DESCRIPTION = "Report what can run here."
 
 
 def _version(module: str) -> str:
@@ -44,19 +51,11 @@ def info_lines() -> list[str]:
         lines.append(f"  (cannot list: {type(exc).__name__}: {exc})")
 
     lines.append("models:")
-    try:
-        from .config import MODEL_DOCS, MODEL_FIELDS
-        from .models import MODELS
-
-        for name in MODELS:
-            used = ", ".join(MODEL_FIELDS.get(name, ())) or "-"
-            lines.append(f"  {name:<12} {MODEL_DOCS.get(name, '')} [options: {used}]")
-    except Exception as exc:
-        lines.append(f"  (cannot list: {type(exc).__name__}: {exc})")
+    for name in MODELS:
+        used = ", ".join(MODEL_FIELDS.get(name, ())) or "-"
+        lines.append(f"  {name:<12} {MODEL_DOCS.get(name, '')} [options: {used}]")
 
     lines.append("tasks:")
-    from experiments.tasks import TASKS
-
     for task in TASKS.values():
         lines.append(f"  {task.name:<12} {task.describe} (T >= {task.min_T})")
     return lines
@@ -64,3 +63,12 @@ def info_lines() -> list[str]:
 
 def info_text() -> str:
     return "\n".join(info_lines())
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """``info`` takes no options."""
+
+
+def run(args: argparse.Namespace) -> int:
+    print(info_text())
+    return 0

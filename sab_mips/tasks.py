@@ -11,13 +11,19 @@ Every task exposes the same small interface, so one training loop serves them al
 Shapes: B batch, L = task.seq_len(T) time steps, C = task.output_size.
 ``T`` is the task's length parameter (copy: blanks + 1; adding: sequence length), so the same model can be
 evaluated at another T than it was trained at (transfer).
+
+Data streams are reproducible: ``batch_generator(seed, i, "train")`` seeds batch i of a run from (seed, i)
+alone, so the data never depend on how many updates ran in one process (resume is exact).
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
+
+from .errors import UserError
 
 
 class Task(ABC):
@@ -42,9 +48,9 @@ class Task(ABC):
     describe: str
 
     def check_T(self, T: int) -> None:
-        """Raise ValueError unless T is a valid length parameter for this task."""
+        """Raise UserError unless T is a valid length parameter for this task."""
         if not isinstance(T, int) or T < self.min_T:
-            raise ValueError(f"T={T!r} is too small for task '{self.name}' (needs T >= {self.min_T})")
+            raise UserError(f"T={T!r} is too small for task '{self.name}' (needs T >= {self.min_T})")
 
     @abstractmethod
     def seq_len(self, T: int) -> int:
@@ -168,7 +174,13 @@ TASKS: dict[str, Task] = {task.name: task for task in (CopyTask(), AddingTask())
 
 
 def get_task(name: str) -> Task:
-    """The registered task called ``name``; ValueError listing the valid names otherwise."""
+    """The registered task called ``name``; UserError listing the valid names otherwise."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid choices: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {name!r}; valid choices: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def batch_generator(seed: int, index: int, stream: str) -> torch.Generator:
+    """A generator whose state is a pure function of (seed, stream, index); streams: train, eval, memories."""
+    digest = hashlib.sha256(f"{stream}:{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)

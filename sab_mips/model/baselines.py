@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import SABConfig
+from .inputs import check_input
 
 
 class LSTMBaseline(nn.Module):
@@ -17,6 +18,8 @@ class LSTMBaseline(nn.Module):
     between chunks (truncated BPTT); each chunk still runs the fused kernel. With ``k_trunc >= T`` this is
     exactly full BPTT.
     """
+
+    retrieves = False  # no memory, no attention
 
     def __init__(self, config: SABConfig, truncate: bool, device=None, dtype=None) -> None:
         super().__init__()
@@ -35,10 +38,7 @@ class LSTMBaseline(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Per-step logits (B, T, O); with ``return_attention`` the record is None (no attention)."""
-        expected = self.config.input_size
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[2] != expected:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__}: expected input of shape (B, T, {expected}), got {got}")
+        check_input(self, x, self.config.input_size)
         if not self.truncate:
             out, _ = self.lstm(x)
         else:

@@ -1,1 +1,0 @@
-"""Benchmarks: they print tables and write JSON; they never assert."""

@@ -1,0 +1,51 @@
+"""``sab-mips eval``: evaluate a trained run at any T (length transfer), optionally with another index."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+from ..training import evaluate, load_run
+from ..training.rundir import METRICS_FILE, MetricsLog
+
+HELP = "evaluate a trained run (at any T: length transfer)"
+DESCRIPTION = ("Evaluate a run's checkpoint; the result is printed and appended to the run's metrics.jsonl as an "
+               "eval line with \"source\": \"sab-mips eval\".")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="DIR", help="run directory")
+    parser.add_argument("--T", type=int, help="length parameter (default: the run's eval T)")
+    parser.add_argument("--batches", type=int, help="number of batches (default: the run's eval_batches)")
+    parser.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch_size)")
+    parser.add_argument("--seed", type=int, help="seed of the eval stream (default: the run's seed)")
+    parser.add_argument("--retrieval", metavar="FACTORY_STRING",
+                        help="SAB: search with this index instead of the trained one, e.g. exact or "
+                             "faiss:HNSW32,efSearch=128 (indexes are rebuilt per pass: any parameter may change)")
+
+
+def run(args: argparse.Namespace) -> int:
+    model, task, model_cfg, train_cfg, state = load_run(args.run)
+    retrieval: dict[str, str] = {}
+    if args.retrieval is not None:
+        if model_cfg.model != "sab":
+            raise UserError(f"--retrieval applies to model 'sab' only; this run is model '{model_cfg.model}'")
+        model.set_retrieval(args.retrieval)
+        retrieval = {"retrieval": args.retrieval}
+    T = args.T if args.T is not None else (train_cfg.eval_T or train_cfg.T)
+    batches = args.batches if args.batches is not None else train_cfg.eval_batches
+    batch_size = args.batch_size if args.batch_size is not None else train_cfg.batch_size
+    seed = args.seed if args.seed is not None else train_cfg.seed
+    for name, value in (("--batches", batches), ("--batch-size", batch_size)):
+        if value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    metrics = evaluate(model, task, T, batches, seed, batch_size)
+    with MetricsLog(Path(args.run) / METRICS_FILE) as log:
+        log.write({"split": "eval", "step": int(state["step"]), "T": T, **metrics, "source": "sab-mips eval",
+                   "seed": seed, "batches": batches, "batch_size": batch_size, **retrieval})
+    shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    searched = f" retrieval={args.retrieval}" if args.retrieval is not None else ""
+    print(f"eval {args.run} step={state['step']} task={task.name} T={T} (trained at T={train_cfg.T}){searched}: {shown}")
+    return 0

@@ -1,0 +1,138 @@
+"""The flags every training-like subcommand shares, derived from the config dataclasses.
+
+Every ``SABConfig`` and ``TrainConfig`` field is a flag (``k_top`` -> ``--k-top``) whose help and type
+come from the field itself (``config_base.option``), so a new config field is a new flag without touching
+the CLI. Every flag defaults to None so that we know what the user set: precedence is
+dataclass defaults < saved run config (``--resume``) < ``--config FILE`` < explicit flags.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config_base import field_names, help_of, value_type
+from ..errors import UserError
+from ..io import read_json
+from ..model import MODEL_FIELDS, SCORERS, SABConfig
+from ..tasks import TASKS, get_task
+from ..training import TrainConfig
+from ..training.rundir import CONFIG_FILE
+
+TASK_SIZED = ("input_size", "output_size")  # SABConfig fields set by the task, not by flags
+ALWAYS_USED = ("model", "hidden_size", *TASK_SIZED)  # SABConfig fields every model reads
+CHOICES = {"model": tuple(MODEL_FIELDS), "scorer": SCORERS, "task": tuple(TASKS)}
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UserErrors, so ``main`` prints them as one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog.split(' ', 1)[-1]}: {message}" if " " in self.prog else message)
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``k_top`` -> ``--k-top``, ``T`` -> ``--T``."""
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of ``cls`` (``SABConfig`` or ``TrainConfig``) but those in ``skip``, on ``parser``
+    (an ArgumentParser or an argument group); every flag defaults to None."""
+    defaults = cls()
+    for name in field_names(cls):
+        if name in skip:
+            continue
+        kind = value_type(cls, name)
+        help_text = help_of(cls, name)
+        if name in CHOICES:
+            help_text += f" Choices: {', '.join(CHOICES[name])}."
+        if cls is SABConfig and name not in ALWAYS_USED:
+            users = [m for m, used in MODEL_FIELDS.items() if name in used]
+            help_text += f" Used by: {', '.join(users)}."
+        help_text += f" (default: {getattr(defaults, name)})"
+        parser.add_argument(flag(name), dest=name, type=parse_bool if kind is bool else kind, default=None,
+                            metavar=name.upper(), help=help_text.replace("%", "%%"))
+
+
+def explicit_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` that were given as flags (not None) in ``args``."""
+    return {n: getattr(args, n) for n in field_names(cls) if getattr(args, n, None) is not None}
+
+
+def split_config(data: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({model fields}, {train fields}) from a nested ``{"model": ..., "train": ...}`` or flat config object."""
+    model_names, train_names = set(field_names(SABConfig)), set(field_names(TrainConfig))
+    if set(data) <= {"model", "train"} and all(isinstance(v, dict) for v in data.values()):
+        model, train = dict(data.get("model", {})), dict(data.get("train", {}))
+        unknown = sorted(set(model) - model_names) + sorted(set(train) - train_names)
+    else:
+        model = {k: v for k, v in data.items() if k in model_names}
+        train = {k: v for k, v in data.items() if k in train_names}
+        unknown = sorted(set(data) - model_names - train_names)
+    if unknown:
+        raise UserError(f"{source}: unknown config field(s) {', '.join(unknown)}")
+    return model, train
+
+
+def read_config_file(path: str | Path, what: str = "--config file") -> tuple[dict[str, Any], dict[str, Any]]:
+    """({model fields}, {train fields}) of a JSON config file."""
+    return split_config(read_json(path, what), str(path))
+
+
+def check_model_options(model_cfg: SABConfig, explicit: dict[str, Any], from_file: dict[str, Any], source: str) -> None:
+    """Refuse a model option the chosen model would ignore (explicit flags, or non-default file values)."""
+    used = set(MODEL_FIELDS[model_cfg.model]) | set(ALWAYS_USED)
+    uses = ", ".join(flag(n) for n in MODEL_FIELDS[model_cfg.model]) or "none"
+    for name in explicit:
+        if name not in used:
+            raise UserError(f"{flag(name)} has no effect on model '{model_cfg.model}' (its options: {uses})")
+    defaults = SABConfig()
+    for name, value in from_file.items():
+        if name not in used and value != getattr(defaults, name):
+            raise UserError(f"{name}={value!r} in {source} has no effect on model '{model_cfg.model}' (its options: {uses})")
+
+
+def merge_configs(explicit_model: dict[str, Any], explicit_train: dict[str, Any], config_file: str | None = None,
+                  resume_dir: str | Path | None = None) -> tuple[SABConfig, TrainConfig]:
+    """Defaults < the config saved in ``resume_dir`` < ``config_file`` < explicit flags; validated.
+
+    ``input_size`` and ``output_size`` come from the task; giving other values is an error.
+    """
+    model_values: dict[str, Any] = {}
+    train_values: dict[str, Any] = {}
+    if resume_dir is not None and (Path(resume_dir) / CONFIG_FILE).is_file():
+        model_values, train_values = read_config_file(Path(resume_dir) / CONFIG_FILE, "saved config")
+    file_model: dict[str, Any] = {}
+    if config_file:
+        file_model, file_train = read_config_file(config_file)
+        model_values.update(file_model)
+        train_values.update(file_train)
+    model_values.update(explicit_model)
+    train_values.update(explicit_train)
+
+    train_cfg = TrainConfig.from_dict(train_values)
+    task = get_task(train_cfg.task)
+    for name, size in (("input_size", task.input_size), ("output_size", task.output_size)):
+        if model_values.get(name, size) != size:
+            raise UserError(f"{name}={model_values[name]} does not match task '{task.name}' ({size}); "
+                            f"it is set by the task, leave it out")
+        model_values[name] = size
+    file_model = {k: v for k, v in file_model.items() if k not in TASK_SIZED}
+    model_cfg = SABConfig.from_dict(model_values)
+    check_model_options(model_cfg, explicit_model, file_model, f"--config {config_file}")
+    return model_cfg, train_cfg
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[SABConfig, TrainConfig]:
+    """``merge_configs`` for a parsed ``train`` command line (``--config``, ``--resume`` and ``--run-dir``)."""
+    return merge_configs(explicit_values(args, SABConfig), explicit_values(args, TrainConfig),
+                         getattr(args, "config", None), args.run_dir if getattr(args, "resume", False) else None)

@@ -1,0 +1,42 @@
+"""``sab-mips plot``: learning curves, retrieval audits and an attention map of a run, as PNG."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..plots import plot_attention_map, plot_learning_curves, plot_retrieval
+from ..tasks import batch_generator
+from ..training import load_run
+from ..training.rundir import METRICS_FILE, read_metrics
+
+HELP = "learning curves and attention map as PNG"
+DESCRIPTION = "Write learning_curves.png and (for models with attention) attention.png."
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="DIR", help="run directory")
+    parser.add_argument("--out", metavar="DIR", help="output directory (default: the run directory)")
+
+
+def run(args: argparse.Namespace) -> int:
+    model, task, model_cfg, train_cfg, state = load_run(args.run)
+    out = Path(args.out) if args.out else Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{task.name} T={train_cfg.T}, model {model_cfg.model}, step {state['step']}"
+    records = read_metrics(Path(args.run) / METRICS_FILE)
+    print(f"wrote {plot_learning_curves(records, out / 'learning_curves.png', task.primary, title)}")
+    if any("retrieval_seconds" in r for r in records):
+        print(f"wrote {plot_retrieval(records, out / 'retrieval.png', f'{title}, retrieval {model_cfg.retrieval}')}")
+    T = train_cfg.eval_T or train_cfg.T
+    x, _ = task.make_batch(T, 1, batch_generator(train_cfg.seed, 0, "eval"))
+    model.eval()
+    with torch.no_grad():
+        _, record = model(x, return_attention=True)
+    if record is None:
+        print(f"note: model '{model_cfg.model}' has no attention; attention map skipped")
+    else:
+        attention = record.attention_map(b=0, T=x.shape[1])
+        print(f"wrote {plot_attention_map(attention, out / 'attention.png', f'attention, {title}, eval T={T}')}")
+    return 0

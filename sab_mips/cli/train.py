@@ -1,0 +1,39 @@
+"""``sab-mips train``: train a model on a task, or resume a run."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import UserError
+from ..model import SABConfig
+from ..training import TrainConfig, format_summary, train
+from .flags import TASK_SIZED, add_config_flags, configs_from_args
+
+HELP = "train a model on a task (or resume a run)"
+DESCRIPTION = ("Train a model on a synthetic task. Flags override --config; on --resume the saved config is the "
+               "base and only --steps, --time-budget, --audit-every and --grad-cosine-every may differ.")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser.add_argument_group("model (SABConfig)"), SABConfig, skip=TASK_SIZED)
+    add_config_flags(parser.add_argument_group("training (TrainConfig)"), TrainConfig)
+    run = parser.add_argument_group("run")
+    run.add_argument("--run-dir", required=True, help="directory for config.json, metrics.jsonl, checkpoint.pt")
+    run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    run.add_argument("--config", metavar="FILE", help='JSON config: {"model": {...}, "train": {...}} or one flat object')
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--record-memories", metavar="FILE",
+                     help="after training, save the keys W_k m_i and queries the index saw (.npz) for retrieval benchmarks")
+    run.add_argument("--record-count", type=int, default=100_000, metavar="N",
+                     help="collect at least this many keys for --record-memories (default: 100000)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.record_count < 1:
+        raise UserError(f"--record-count must be >= 1, got {args.record_count}")
+    model_cfg, train_cfg = configs_from_args(args)
+    print(f"run {args.run_dir}: {json.dumps({'model': model_cfg.to_dict(), 'train': train_cfg.to_dict()})}")
+    summary = train(model_cfg, train_cfg, args.run_dir, resume=args.resume, progress=not args.no_progress,
+                    record_memories=args.record_memories, record_count=args.record_count)
+    print(format_summary(summary))
+    return 0

@@ -1,0 +1,82 @@
+"""The slow, obvious twins of the models: the references the tests trust.
+
+One plain loop over time steps with the model's own parameters: the memory is a Python list of slot
+tensors stacked in full at every attention step, every slot is scored with the scorer's textbook formula,
+and the sparsifier is the row-by-row ``sparse_attention_weights_reference``. It costs O(N) time and graph
+memory per step; the fast path must match its outputs and gradients.
+
+With ``replay`` (the candidate ids an earlier pass recorded, ``AttentionRecord.candidate_ids``) only those
+candidates compete at each attention step, padding (-1) included: the twin of SAB-MIPS with any index,
+exact or not, and of the fast path's masked (padded-candidate) branch.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops.sparsify import sparse_attention_weights_reference
+from .baselines import LSTMBaseline
+from .sab import DenseAttentionLSTM, SABLSTM
+
+
+def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-step logits (B, T, O) of ``model`` on x (B, T, I), computed the obvious way.
+
+    replay: (S, B, C) candidate ids per attention step (-1 pads); None scores every slot.
+    """
+    cfg = model.config
+    dense = isinstance(model, DenseAttentionLSTM)
+    B, T, _ = x.shape
+    h = c = x.new_zeros(B, cfg.hidden_size)
+    slots: list[torch.Tensor] = []
+    features = []
+    step = 0
+    for t in range(T):
+        if not dense and t % cfg.k_trunc == 0:
+            h, c = h.detach(), c.detach()
+        h, c = model.cell(x[:, t], (h, c))
+        s = torch.zeros_like(h)
+        if t % cfg.attend_every == 0 and slots:
+            memory = torch.stack(slots, dim=1)  # (B, N, H), the whole memory, in the graph
+            scores = model.scorer(h, memory)  # (B, N)
+            if dense:
+                weights = torch.softmax(scores, dim=1)
+            else:
+                if replay is not None:
+                    scores = _only_candidates(scores, replay[step])
+                weights = sparse_attention_weights_reference(scores, cfg.k_top, cfg.eps)
+            s = (weights.unsqueeze(2) * memory).sum(dim=1)
+            h = h + s
+            step += 1
+        features.append(torch.cat([h, s], dim=1))
+        if (t + 1) % cfg.k_att == 0:
+            slots.append(h)
+    return model.head(torch.stack(features, dim=1))
+
+
+def _only_candidates(scores: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+    """Scores (B, N) with every slot that is not among ``candidate_ids`` (B, C) set to -inf."""
+    rows = []
+    for b in range(scores.shape[0]):
+        keep = torch.zeros(scores.shape[1], dtype=torch.bool)
+        for i in candidate_ids[b].tolist():
+            if i >= 0:
+                keep[i] = True
+        rows.append(scores[b].masked_fill(~keep.to(scores.device), float("-inf")))
+    return torch.stack(rows)
+
+
+def lstm_forward_reference(model: LSTMBaseline, x: torch.Tensor) -> torch.Tensor:
+    """Per-step logits (B, T, O) of an LSTM baseline, one textbook LSTM step at a time with the fused
+    layer's weights; (h, c) detached every ``k_trunc`` steps when the baseline truncates."""
+    lstm, H = model.lstm, model.config.hidden_size
+    h = c = x.new_zeros(x.shape[0], H)
+    outputs = []
+    for t in range(x.shape[1]):
+        if model.truncate and t % model.config.k_trunc == 0:
+            h, c = h.detach(), c.detach()
+        gates = x[:, t] @ lstm.weight_ih_l0.t() + lstm.bias_ih_l0 + h @ lstm.weight_hh_l0.t() + lstm.bias_hh_l0
+        i, f, g, o = gates.split(H, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return model.head(torch.stack(outputs, dim=1))

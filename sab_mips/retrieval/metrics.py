@@ -1,0 +1,58 @@
+"""How good a retrieval is: recall@K and attention mass recovered, the one definition of each.
+
+Shapes: Q queries (or B sequences), K = k_top, C candidates returned per query.
+
+* **recall@K** = |approx top-K ∩ exact top-K| / K, the approx top-K being the K best returned candidates
+  by their exact scores (K becomes N when a sequence holds fewer slots).
+* **mass recovered** = Σ_{i ∈ approx selection} ReLU(a_i − δ) / Σ_{j ∈ exact top-K} ReLU(a_j − δ), with δ
+  the exact threshold (the (K+1)-th score of all slots, ``sparsity_threshold``) and the approx selection
+  the slots with non-zero approximate weight: the share of the exact sparse attention mass (before
+  normalisation) that the approximate step still puts on the right slots.
+
+Ties: memories hold many equal slots (a copy-task model writes nearly the same state through a run of
+blanks), and which of several tied slots is "the" top-K is arbitrary. So membership is by score, not by
+id: a candidate counts as an exact top-K slot when its score reaches the exact K-th score (up to a
+relative ``TIE_RTOL`` for rounding). Without ties the two definitions agree.
+
+Example:
+    >>> exact = torch.tensor([[3.0, 2.0, 1.0]])          # exact top-3 scores, best first
+    >>> recall_at_k(torch.tensor([[3.0, 1.0, 0.5]]), exact).tolist()
+    [0.6666666865348816]
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops.sparsify import sparsity_threshold
+
+TIE_RTOL = 1e-5  # scores this close (relatively) to the exact K-th score count as reaching it
+
+
+def recall_at_k(found: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """Recall per query (Q,): ``found`` (Q, K') exact scores of the K' best returned slots (-inf pads);
+    ``exact`` (Q, K) the true top-K scores, best first (-inf pads when a sequence holds fewer than K)."""
+    count = torch.isfinite(exact).sum(dim=1)  # min(K, N) per query
+    kth = exact.gather(1, (count - 1).clamp(min=0).unsqueeze(1))  # (Q, 1) the score to reach
+    bar = kth - TIE_RTOL * kth.abs()
+    hits = (found >= bar).sum(dim=1).clamp(max=count)
+    return hits / count.clamp(min=1)
+
+
+def mass_recovered(cand_scores: torch.Tensor, selected: torch.Tensor, exact: torch.Tensor, k: int) -> torch.Tensor:
+    """Attention mass recovered per query (B,), in [0, 1].
+
+    cand_scores (B, C) exact scores of the candidates; selected (B, C) bool, the candidates with non-zero
+    approximate weight; exact (B, K+1) the true top-(K+1) scores, best first (-inf pads).
+    """
+    valid = torch.isfinite(exact)
+    finite = exact.masked_fill(~valid, 0.0)
+    delta = sparsity_threshold(finite, k, valid)  # (B, 1), the exact δ
+    exact_mass = (torch.relu(finite - delta) * valid)[:, :k].sum(dim=1)
+    kept_mass = (torch.relu(cand_scores - delta) * selected).sum(dim=1)
+    return (kept_mass / exact_mass.clamp(min=torch.finfo(exact_mass.dtype).tiny)).clamp(max=1.0)
+
+
+def best_k(cand_scores: torch.Tensor, cand_ids: torch.Tensor, k: int) -> torch.Tensor:
+    """The K best candidate scores (B, K) by exact score, -inf where a candidate is padding (id -1)."""
+    masked = cand_scores.masked_fill(cand_ids < 0, float("-inf"))
+    return masked.topk(min(k, masked.shape[1]), dim=1).values

@@ -1,0 +1,82 @@
+"""What approximate retrieval costs inside one forward pass: time in the index and audit sums (SPEC §2).
+
+At an audited attention step the approximate index has returned C candidates, and their scores have been
+recomputed exactly. The audit asks an exact index holding the same keys for the true top-(K+1) and
+records recall@K and attention mass recovered (``metrics``). Sums stay tensors during the pass (no
+per-step host sync) and are read once by ``as_metrics``.
+
+Shapes: B batch, C candidates per attention step, K = k_top, d key size.
+
+Example::
+
+    >>> stats = RetrievalStats()
+    >>> stats.audit(query, exact_index, cand_ids, cand_scores, cand_weights, k=5)
+    >>> stats.as_metrics()["recall"]
+    0.96
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from indexes import MIPSIndex
+
+from .metrics import best_k, mass_recovered, recall_at_k
+
+AUDITS_ON = "on"
+
+
+@dataclass
+class RetrievalStats:
+    """Retrieval time and audit sums of one forward pass (or several, after ``merge``).
+
+    ``audits`` is ``"on"`` or says why the audits were skipped.
+    """
+
+    search_seconds: float = 0.0
+    add_seconds: float = 0.0
+    audit_seconds: float = 0.0
+    audited_queries: int = 0
+    recall_sum: Any = 0.0  # a 0-d tensor during a pass
+    mass_sum: Any = 0.0
+    audits: str = AUDITS_ON
+
+    def audit(self, query: torch.Tensor, exact_index: MIPSIndex, cand_ids: torch.Tensor, cand_scores: torch.Tensor,
+              cand_weights: torch.Tensor, k: int) -> None:
+        """Compare one attention step's candidates with exact search over the same keys.
+
+        query (B, d) the search query, detached; ``exact_index`` an exact index holding the keys the
+        approximate index holds; cand_ids (B, C) (-1 pads), cand_scores (B, C) exact recomputed scores,
+        cand_weights (B, C) the sparse weights the step used.
+        """
+        start = time.perf_counter()
+        with torch.no_grad():
+            exact_scores, _ = exact_index.search(query, k + 1)  # (B, K+1), -inf pads
+            recall = recall_at_k(best_k(cand_scores, cand_ids, k), exact_scores[:, :k])
+            selected = (cand_weights > 0) & (cand_ids >= 0)
+            mass = mass_recovered(cand_scores, selected, exact_scores.to(cand_scores.dtype), k)
+            self.recall_sum = self.recall_sum + recall.sum()
+            self.mass_sum = self.mass_sum + mass.sum()
+            self.audited_queries += query.shape[0]
+        self.audit_seconds += time.perf_counter() - start
+
+    def merge(self, other: RetrievalStats) -> None:
+        """Add ``other``'s times and sums to these (for several passes in one update)."""
+        self.search_seconds += other.search_seconds
+        self.add_seconds += other.add_seconds
+        self.audit_seconds += other.audit_seconds
+        self.audited_queries += other.audited_queries
+        self.recall_sum = self.recall_sum + other.recall_sum
+        self.mass_sum = self.mass_sum + other.mass_sum
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat metrics for a log line: retrieval seconds, and recall / mass when something was audited."""
+        out = {"retrieval_seconds": self.search_seconds + self.add_seconds, "audit_seconds": self.audit_seconds}
+        if self.audited_queries:
+            out["recall"] = float(self.recall_sum) / self.audited_queries
+            out["mass_recovered"] = float(self.mass_sum) / self.audited_queries
+            out["audited_queries"] = self.audited_queries
+        return out

@@ -1,0 +1,38 @@
+"""The gradient audit of approximate retrieval: how far its gradient is from the exact one (SPEC §2)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def gradient_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Cosine between two parameter gradients given as {name: tensor} (missing entries count as zero)."""
+    dot = sum(float((a[n].double() * b[n].double()).sum()) for n in a if n in b)
+    norm_a = sum(float(g.double().pow(2).sum()) for g in a.values()) ** 0.5
+    norm_b = sum(float(g.double().pow(2).sum()) for g in b.values()) ** 0.5
+    return dot / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else float("nan")
+
+
+def exact_gradient_cosine(model: torch.nn.Module, exact_loss: Callable[[], torch.Tensor]) -> float:
+    """Cosine between the gradient now in ``model``'s parameters and the gradient of ``exact_loss()``.
+
+    ``exact_loss`` runs the same batch with exact retrieval (e.g. ``model.run(x, retrieval="exact")``);
+    its gradient is computed, compared, and the original gradient is put back, so the caller's update is
+    unchanged.
+
+    Example::
+
+        >>> loss.backward()          # the approximate gradient
+        >>> exact_gradient_cosine(model, lambda: task.loss(model.run(x, retrieval="exact").logits, y))
+        0.9993
+    """
+    params = dict(model.named_parameters())
+    approx = {n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None}
+    for p in params.values():
+        p.grad = None
+    exact_loss().backward()
+    exact = {n: p.grad.detach() for n, p in params.items() if p.grad is not None}
+    for name, p in params.items():
+        p.grad = approx.get(name)
+    return gradient_cosine(approx, exact)

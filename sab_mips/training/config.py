@@ -1,0 +1,50 @@
+"""``TrainConfig``: a training run, frozen and validated; saved with every run and checkpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config_base import Config, non_negative_int, option, positive_int, require
+
+# TrainConfig fields a resumed run may change: budgets, and measurements that do not alter the updates
+EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """A training run; ``sab-mips train --help`` lists the fields with their help."""
+
+    task: str = option("copy", "a task name (copy, adding).")
+    T: int = option(100, "the task's length parameter for training (copy: blanks + 1; adding: sequence length).")
+    eval_T: int | None = option(None, "length used by periodic evaluation (None: same as T).")
+    batch_size: int = option(64, "sequences per update.")
+    lr: float = option(1e-3, "Adam learning rate.")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this value (0: no clipping).")
+    steps: int = option(2000, "maximum number of updates.")
+    time_budget: float = option(0.0, "stop after this many seconds of training (0: no limit); checked between updates.")
+    eval_every: int = option(100, "evaluate every this many updates (and at the end).")
+    eval_batches: int = option(4, "batches per evaluation.")
+    checkpoint_every: int = option(100, "write a checkpoint every this many updates (and at the end).")
+    seed: int = option(0, "seeds parameter init and the data stream (batch i is a pure function of (seed, i)).")
+    audit_every: int = option(10, "SAB-MIPS with an approximate index: compare every n-th attention step of a "
+                                  "training pass with exact search (recall@k_top, attention mass recovered); 0: "
+                                  "never. Skipped for exact retrieval.")
+    grad_cosine_every: int = option(50, "SAB-MIPS with an approximate index: every n-th update, one extra forward "
+                                        "and backward with exact candidates gives the cosine between approximate "
+                                        "and exact gradients; 0: never.")
+    init_from: str | None = option(None, "a run directory (or checkpoint file) whose weights and Adam state start "
+                                         "this run (warm start; None: initialise from the seed). Its model must "
+                                         "have the same parameter shapes; T, retrieval, k_cand, k_top, k_att, "
+                                         "k_trunc, lr and the rest may differ. Steps count from 0.")
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.task, str), f"task must be a task name, got {self.task!r}")
+        for name in ("T", "batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every"):
+            positive_int(name, getattr(self, name))
+        if self.eval_T is not None:
+            positive_int("eval_T", self.eval_T)
+        non_negative_int("seed", self.seed)
+        non_negative_int("audit_every", self.audit_every, "0: never")
+        non_negative_int("grad_cosine_every", self.grad_cosine_every, "0: never")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        require(self.time_budget >= 0, f"time_budget must be >= 0, got {self.time_budget!r}")

@@ -1,0 +1,236 @@
+"""The one training loop shared by every model and task: ``Trainer`` (and ``train``, its one-call form).
+
+Reproducibility: parameters are initialised from ``TrainConfig.seed``; training batch i is drawn from
+``batch_generator(seed, i, "train")`` and evaluation batch j from ``(seed, j, "eval")``. The data therefore
+never depend on how many updates ran in this process, and a run resumed from a checkpoint at step s
+continues exactly as the uninterrupted run would have (same parameters, same metrics; only the timing
+fields differ).
+
+Resume rule (``resume=True``): the run directory must hold a checkpoint; the requested configs must equal
+the saved ones except those in ``EXTENDABLE`` (``steps`` and ``time_budget``, to extend or shorten the run,
+and the audit intervals, which do not alter the updates); any other difference is an error that names
+the fields. Metric lines logged after the checkpoint's step (by a run killed between checkpoints) are
+dropped. ``time_budget`` counts wall time over all sessions of a run.
+
+Warm start (``TrainConfig.init_from``): a new run takes the weights and Adam state of another run's
+checkpoint (``rundir.warm_start``), e.g. to continue a trained model at a longer T or with another
+retrieval index; its own step count, data stream and learning rate start fresh.
+
+Example:
+    >>> summary = train(SABConfig(model="lstm", hidden_size=16), TrainConfig(task="copy", T=5, steps=10),
+    ...                 "runs/demo", progress=False)
+    >>> summary["eval"]["accuracy"]
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from ..model import SABConfig
+from ..tasks import batch_generator
+from .audit import exact_gradient_cosine
+from .config import TrainConfig
+from .evaluate import evaluate
+from .memories import dump_memories
+from .numerics import flush_denormals
+from .progress import Progress
+from .rundir import (CHECKPOINT_FILE, METRICS_FILE, MetricsLog, build, check_resume, load_checkpoint, read_metrics,
+                     save_checkpoint, save_config, truncate_metrics, warm_start)
+
+
+class Trainer:
+    """One run in ``run_dir``: built fresh (or warm-started) or resumed from its checkpoint.
+
+    ``train_step()`` does one update and returns its metrics line; ``evaluate()`` and ``checkpoint()``
+    do what they say; ``run()`` loops until ``steps`` or ``time_budget`` and returns a summary.
+    Every metrics line goes to ``metrics.jsonl`` as it is made.
+    """
+
+    def __init__(self, model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
+                 progress: bool = True) -> None:
+        flush_denormals()
+        self.run_dir = Path(run_dir)
+        self.train_cfg = train_cfg
+        self.model, self.task, self.model_cfg = build(model_cfg, train_cfg)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr)
+        self.progress = progress
+        self.step, self.elapsed, self.skipped = 0, 0.0, 0
+        self.eval_T = train_cfg.eval_T or train_cfg.T
+        self.last_eval: dict[str, float] = {}
+        self.last_eval_step = self.saved_step = -1
+        reason = self.model.audit_skip_reason() if self.model.retrieves else None
+        self.note = None if reason is None else f"retrieval audits {reason}"
+        self.audited = self.model.retrieves and reason is None
+        if resume:
+            self._resume()
+        else:
+            self._start()
+        save_config(self.run_dir, self.model_cfg, self.train_cfg)
+        self.log = MetricsLog(self.run_dir / METRICS_FILE)
+        if self.note is not None and self.step == 0:
+            self.log.write({"split": "note", "step": 0, "message": self.note})
+        # wall time of this session counts from here, added to what earlier sessions of the run spent
+        self._session_start, self._earlier = time.perf_counter(), self.elapsed
+
+    def _tick(self) -> None:
+        self.elapsed = self._earlier + time.perf_counter() - self._session_start
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_FILE
+
+    def _start(self) -> None:
+        if self.checkpoint_path.exists():
+            raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
+                            f"or choose another --run-dir")
+        if self.train_cfg.init_from is not None:
+            warm_start(self.model, self.optimizer, self.model_cfg, self.train_cfg.lr, self.train_cfg.init_from)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+
+    def _resume(self) -> None:
+        if not self.checkpoint_path.is_file():
+            raise UserError(f"cannot resume: no checkpoint in {self.run_dir}")
+        state = load_checkpoint(self.checkpoint_path)
+        check_resume(state, self.model_cfg, self.train_cfg, self.run_dir)
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.skipped = int(state.get("skipped_updates", 0))
+        self.saved_step = self.step
+        if state.get("rng_state") is not None:
+            torch.set_rng_state(state["rng_state"])
+        truncate_metrics(self.run_dir / METRICS_FILE, self.step)
+        # a finished run resumed only to record memories keeps its final evaluation
+        done = [r for r in read_metrics(self.run_dir / METRICS_FILE)
+                if r.get("split") == "eval" and r.get("step") == self.step and "source" not in r]
+        if done and done[-1].get("T") == self.eval_T:
+            self.last_eval = {k: v for k, v in done[-1].items() if k not in ("split", "step", "T", "wall_time")}
+            self.last_eval_step = self.step
+
+    # ---- the three things a loop does ------------------------------------------------------------
+    def train_step(self) -> dict[str, Any]:
+        """One update on batch ``step`` of the run's stream; returns (and logs) its metrics line."""
+        cfg, model, task = self.train_cfg, self.model, self.task
+        t0 = time.perf_counter()
+        x, y = task.make_batch(cfg.T, cfg.batch_size, batch_generator(cfg.seed, self.step, "train"))
+        extra: dict[str, float] = {}
+        if model.retrieves:
+            out = model.run(x, audit_every=cfg.audit_every if self.audited else 0)
+            logits, extra = out.logits, out.stats.as_metrics()
+        else:
+            logits = model(x)
+        loss = task.loss(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        audit_seconds = extra.pop("audit_seconds", 0.0)
+        if self.audited and cfg.grad_cosine_every and (self.step + 1) % cfg.grad_cosine_every == 0:
+            t_cos = time.perf_counter()
+            extra["grad_cosine"] = exact_gradient_cosine(
+                model, lambda: task.loss(model.run(x, retrieval="exact").logits, y))
+            audit_seconds += time.perf_counter() - t_cos
+        # max_norm=inf still returns the norm, which is worth logging even without clipping.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        # SAB's normalised sparsifier has gradients ~1/gap when the top K+1 scores nearly tie, and they
+        # can overflow; an update with a non-finite gradient is skipped (and counted), never applied.
+        if bool(torch.isfinite(grad_norm)):
+            self.optimizer.step()
+        else:
+            self.skipped += 1
+        # the audits measure approximate retrieval; they are not part of its cost
+        seconds = time.perf_counter() - t0 - audit_seconds
+        if "retrieval_seconds" in extra:
+            extra["retrieval_fraction"] = extra["retrieval_seconds"] / seconds if seconds > 0 else 0.0
+            extra["audit_seconds"] = audit_seconds
+        self.step += 1
+        self._tick()
+        record = {"split": "train", "step": self.step, "T": cfg.T, **task.metrics(logits.detach(), y),
+                  "grad_norm": float(grad_norm), "skipped_updates": self.skipped, **extra,
+                  "wall_time": self.elapsed, "sec_per_update": seconds}
+        self.log.write(record)
+        return record
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate at ``eval_T`` on the run's fixed eval batches; logs and returns the metrics."""
+        cfg = self.train_cfg
+        self.last_eval = evaluate(self.model, self.task, self.eval_T, cfg.eval_batches, cfg.seed, cfg.batch_size)
+        self.last_eval_step = self.step
+        self.log.write({"split": "eval", "step": self.step, "T": self.eval_T, **self.last_eval,
+                        "wall_time": self.elapsed})
+        return self.last_eval
+
+    def checkpoint(self) -> None:
+        """Write the checkpoint (atomically): weights, Adam state, step, time, configs, RNG state."""
+        self._tick()
+        save_checkpoint(self.checkpoint_path, {
+            "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+            "step": self.step, "elapsed": self.elapsed, "skipped_updates": self.skipped,
+            "model_config": self.model_cfg.to_dict(), "train_config": self.train_cfg.to_dict(),
+            "rng_state": torch.get_rng_state()})
+        self.saved_step = self.step
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train until ``steps`` updates or ``time_budget`` seconds; evaluate and checkpoint at the end."""
+        cfg, primary = self.train_cfg, self.task.primary
+        stopped = "steps"
+        self.model.train()
+        description = f"{self.task.name} T={cfg.T} {self.model_cfg.model}"
+        try:
+            with Progress(description, cfg.steps, cfg.time_budget, self.step, self.elapsed, self.progress) as bar:
+                while self.step < cfg.steps:
+                    if cfg.time_budget and self.elapsed >= cfg.time_budget:
+                        stopped = "time_budget"
+                        break
+                    line = self.train_step()
+                    bar.update(self.step, self.elapsed, loss=f"{line['loss']:.4f}", **{primary: f"{line[primary]:.3f}"})
+                    if self.step % cfg.eval_every == 0:
+                        self.evaluate()
+                    if self.step % cfg.checkpoint_every == 0:
+                        self.checkpoint()
+                if self.last_eval_step != self.step:
+                    self.evaluate()
+                if self.saved_step != self.step:
+                    self.checkpoint()
+        finally:
+            self.log.close()
+        self._tick()
+        return {"run_dir": str(self.run_dir), "task": self.task.name, "model": self.model_cfg.model, "T": cfg.T,
+                "eval_T": self.eval_T, "steps": self.step, "wall_time": self.elapsed, "stopped": stopped,
+                "skipped_updates": self.skipped, "primary": primary, "eval": self.last_eval, "note": self.note}
+
+
+def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
+          progress: bool = True, record_memories: str | Path | None = None,
+          record_count: int = 100_000) -> dict[str, Any]:
+    """Train (or resume) a run in ``run_dir``; return a summary dict (see ``format_summary``).
+
+    With ``record_memories`` (an .npz path), afterwards dumps the keys and queries the model's index saw
+    for retrieval benchmarks (``dump_memories``).
+    """
+    trainer = Trainer(model_cfg, train_cfg, run_dir, resume=resume, progress=progress)
+    if record_memories is not None and not hasattr(trainer.model, "collect_memories"):
+        raise UserError(f"--record-memories needs a model with memory slots; model '{model_cfg.model}' has none")
+    summary = trainer.run()
+    if record_memories is not None:
+        trainer.model.eval()
+        summary["memories"] = {"path": str(record_memories), **dump_memories(
+            trainer.model, trainer.task, train_cfg, record_memories, record_count)}
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line: final eval metrics, steps and wall time of a run."""
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in summary["eval"].items())
+    line = (f"done: {summary['task']} T={summary['T']} model={summary['model']} steps={summary['steps']} "
+            f"wall={summary['wall_time']:.1f}s stopped_by={summary['stopped']} | eval T={summary['eval_T']}: {metrics}")
+    if summary.get("note"):
+        line += f" | {summary['note']}"
+    if "memories" in summary:
+        m = summary["memories"]
+        line += f" | memories: {m['keys']} keys, {m['queries']} queries -> {m['path']}"
+    return line
