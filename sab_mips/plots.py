@@ -76,6 +76,25 @@ def plot_learning_curves(records: list[dict[str, Any]], path: str | Path, primar
     return _finish(fig, (ax_loss, ax_eval), path, title, dpi=110)
 
 
+def plot_diagnostics(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Four panels from a run's train lines: gradient norm before clipping, the smallest gap sum Σ(a − δ)
+    of the sparsifier, the largest slot norm, and the share of attention on slots older than k_trunc."""
+    panels = (("grad_norm", "gradient norm before clipping", True), ("min_gap_sum", "smallest gap sum Σ(a − δ)", True),
+              ("max_slot_norm", "largest slot norm", False), ("old_attention", "attention on slots > k_trunc old", False))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    for ax, (key, label, log) in zip(axes, panels):
+        steps, values = _series(records, key)
+        if steps:
+            ax.plot(steps, values, lw=0.5, alpha=0.35, color="C0")
+            ax.plot(steps, _running_mean(values, max(1, len(values) // 50)), lw=1.2, color="C0")
+            if log and min(values) > 0:
+                ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "not logged by this model", ha="center", va="center", transform=ax.transAxes)
+        ax.set(xlabel="update", title=label)
+    return _finish(fig, axes, path, title, dpi=100)
+
+
 def plot_attention_map(attention: torch.Tensor, path: str | Path, title: str = "") -> Path:
     """Heat map of a (L, L) attention matrix: row t = attending step, column u = step that wrote the slot."""
     fig, ax = plt.subplots(figsize=(6, 5))

@@ -15,7 +15,8 @@ def outputs_and_grads(model, x, forward, input_grad: bool = False):
     logits = forward(x)
     weights = torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).reshape(logits.shape)
     (logits * weights).sum().backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    # a parameter that got no gradient at all (None) counts as a zero gradient
+    grads = {name: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for name, p in model.named_parameters()}
     return (logits.detach(), grads, x.grad) if input_grad else (logits.detach(), grads)
 
 

@@ -145,7 +145,7 @@ def test_eval_with_another_retrieval(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--retrieval", "nope"], "valid backends"),
-    (["--retrieval", "faiss:Flat", "--scorer", "additive"], "needs the dot scorer"),
+    (["--retrieval", "faiss:Flat", "--scorer", "additive"], "needs the dot or cosine scorer"),
     (["--k-cand", "2"], "k_cand must be >= k_top+1"),
     (["--model", "lstm", "--retrieval", "faiss:Flat"], "has no effect on model 'lstm'"),
 ])

@@ -38,7 +38,7 @@ def test_train_resume_eval_plot(tmp_path, capsys):
     assert len(transfer) == 1 and transfer[0]["T"] == 6 and transfer[0]["step"] == 4
     out = tmp_path / "plots"
     assert main(["plot", "--run", str(run), "--out", str(out)]) == 0
-    for name in ("learning_curves.png", "attention.png"):
+    for name in ("learning_curves.png", "attention.png", "diagnostics.png"):
         assert (out / name).stat().st_size > 0
 
 
@@ -91,7 +91,7 @@ def test_refusals_of_a_run_directory(tmp_path, capsys, finished_run):
 @pytest.mark.parametrize("argv, message", [
     (["--task", "nope"], "unknown task 'nope'; valid choices: copy, adding"),
     (["--model", "nope"], "unknown model 'nope'; valid choices: sab, dense, tbptt, lstm"),
-    (["--scorer", "nope"], "unknown scorer 'nope'; valid choices: dot, additive, official"),
+    (["--scorer", "nope"], "unknown scorer 'nope'; valid choices: dot, cosine, additive, official"),
     (["--k-top", "0"], "k_top must be an integer >= 1"),
     (["--k-trunc", "0"], "k_trunc must be an integer >= 1"),
     (["--k-top", "two"], "invalid int value"),

@@ -55,7 +55,7 @@ def test_compare_over_seeds_pairs_each_run_with_the_first_setting_of_its_seed(tm
     (["--retrieval", "exact", "--seeds", "-1"], "--seeds must be integers >= 0"),
     (["--retrieval", "exact", "--seeds", "1", "--seed", "2"], "either --seed or --seeds"),
     (["--retrieval", "exact", "--model", "lstm"], "has no effect on model 'lstm'"),
-    (["--retrieval", "faiss:Flat", "--scorer", "official"], "needs the dot scorer"),
+    (["--retrieval", "faiss:Flat", "--scorer", "official"], "needs the dot or cosine scorer"),
 ])
 def test_compare_refusals(tmp_path, capsys, extra, message):
     assert main(["compare", *TINY, "--out", str(tmp_path / "r"), *extra]) == 2

@@ -26,10 +26,11 @@ def inputs(dtype=torch.float64, B=3, T=40):
     return torch.randn(B, T, 3, dtype=dtype, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.parametrize("preset", ["paper", "recommended"])
 @pytest.mark.parametrize("retrieval", ["exact", "faiss:Flat"])
 @pytest.mark.parametrize("k_cand", [None, 3, 7])
-def test_exact_retrieval_equals_reference_float64(retrieval, k_cand):
-    model = make(retrieval=retrieval, k_cand=k_cand)
+def test_exact_retrieval_equals_reference_float64(retrieval, k_cand, preset):
+    model = make(retrieval=retrieval, k_cand=k_cand, preset=preset)
     x = inputs()
     fast = outputs_and_grads(model, x, model)
     ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp))
@@ -60,11 +61,12 @@ def test_exact_retrieval_float32_matches_float64_reference(retrieval, k_cand):
     assert_same((fast[0].double(), {n: g.double() for n, g in fast[1].items()}), ref, 1e-5, relative=True)
 
 
+@pytest.mark.parametrize("preset", ["paper", "recommended"])
 @pytest.mark.parametrize("retrieval", APPROXIMATE)
-def test_approximate_index_given_the_exact_candidates_equals_reference(retrieval):
+def test_approximate_index_given_the_exact_candidates_equals_reference(retrieval, preset):
     """Replaying the exact candidates through an approximate model is exact SAB (and so is
     ``run(retrieval="exact")``, the gradient audit's twin)."""
-    model = make(retrieval=retrieval, k_cand=4)
+    model = make(retrieval=retrieval, k_cand=4, preset=preset)
     x = inputs()
     ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp))
     exact_record = model.run(x, retrieval="exact", record=True).record
@@ -74,17 +76,18 @@ def test_approximate_index_given_the_exact_candidates_equals_reference(retrieval
                 relative=True)
 
 
-@pytest.mark.parametrize("retrieval", [*APPROXIMATE, "simple-lsh:bits=16,tables=1"])
-def test_replayed_candidates_equal_the_reference_with_the_same_candidates(retrieval):
+@pytest.mark.parametrize("preset", ["paper", "recommended"])
+@pytest.mark.parametrize("retrieval", APPROXIMATE)
+def test_replayed_candidates_equal_the_reference_with_the_same_candidates(retrieval, preset):
     """The twin of SAB-MIPS with an approximate index, padding included: the reference scores only the
-    recorded candidates. ``bits=16`` leaves most buckets nearly empty, so candidates are padded with -1 and
-    the fast path takes its masked branch."""
-    model = make(retrieval=retrieval, k_cand=4)
+    recorded candidates. One 12-bit table leaves most buckets nearly empty, so candidates are padded with
+    -1 and the fast path takes its masked branch."""
+    model = make(retrieval=retrieval, k_cand=4, preset=preset)
     x = inputs()
     fast = outputs_and_grads(model, x, model)
     _, record = model(x, return_attention=True)
-    if retrieval.endswith("bits=16,tables=1"):
-        assert (record.candidate_ids < 0).any()
+    if retrieval.startswith("simple-lsh"):
+        assert (record.candidate_ids < 0).any() and (record.candidate_ids >= 0).any()
     ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=record.candidate_ids))
     assert_same(fast, ref, 1e-10, relative=True)
     replayed = outputs_and_grads(model, x, lambda inp: model.run(inp, replay=record.candidate_ids).logits)
@@ -114,14 +117,15 @@ def test_candidates_are_recorded_with_width_k_cand():
     assert (record.slot_ids[-1] >= 0).all() and record.slot_ids.shape[2] == 2
 
 
+@pytest.mark.parametrize("preset", ["paper", "recommended"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("retrieval", ["faiss:Flat", "faiss:HNSW32,efSearch=64,exact_below=0",
                                        "faiss:HNSW32,efSearch=64,mips=l2,exact_below=0"])
-def test_same_candidates_give_bit_identical_results(retrieval, dtype):
+def test_same_candidates_give_bit_identical_results(retrieval, dtype, preset):
     """Candidates are put in one order for every backend, so an index that finds the exact candidate set
     (these do on 40 random slots) reproduces exact retrieval bit for bit: runs with different backends can
     differ only where a candidate was missed, never through summation order."""
-    model = make(dtype=dtype, retrieval="exact", k_cand=4)
+    model = make(dtype=dtype, retrieval="exact", k_cand=4, preset=preset)
     x = inputs(dtype)
     exact = outputs_and_grads(model, x, model)
     _, exact_record = model(x, return_attention=True)

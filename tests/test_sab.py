@@ -14,12 +14,21 @@ def make(cfg_kwargs, dtype=torch.float64, seed=0, model="sab"):
     return build_model(cfg, dtype=dtype)
 
 
+PAPER = dict(preset="paper")
 CASES = [
-    dict(k_top=2, k_att=2, k_trunc=4, attend_every=1, scorer="dot"),
-    dict(k_top=1, k_att=1, k_trunc=3, attend_every=1, scorer="dot"),
-    dict(k_top=3, k_att=3, k_trunc=100, attend_every=2, scorer="dot"),
-    dict(k_top=2, k_att=2, k_trunc=5, attend_every=1, scorer="additive"),
-    dict(k_top=2, k_att=2, k_trunc=5, attend_every=3, scorer="official"),
+    dict(k_top=2, k_att=2, k_trunc=4, attend_every=1, scorer="dot", **PAPER),
+    dict(k_top=1, k_att=1, k_trunc=3, attend_every=1, scorer="dot", **PAPER),
+    dict(k_top=3, k_att=3, k_trunc=100, attend_every=2, scorer="dot", **PAPER),
+    dict(k_top=2, k_att=2, k_trunc=5, attend_every=1, scorer="additive", **PAPER),
+    dict(k_top=2, k_att=2, k_trunc=5, attend_every=3, scorer="official", **PAPER),
+    # every option of the recommended preset, alone on the paper's SAB and all together
+    dict(k_top=2, k_att=2, k_trunc=4, scorer="cosine", temperature=3.0, **PAPER),
+    dict(k_top=2, k_att=2, k_trunc=4, sparsifier="softmax", **PAPER),
+    dict(k_top=1, k_att=1, k_trunc=3, sparsifier="softmax", **PAPER),  # N <= K at the first steps
+    dict(k_top=2, k_att=2, k_trunc=4, slot_value="h_hat", **PAPER),
+    dict(k_top=2, k_att=2, k_trunc=4, forget_bias=1.0, **PAPER),
+    dict(k_top=2, k_att=2, k_trunc=4, preset="recommended"),
+    dict(k_top=3, k_att=1, k_trunc=5, attend_every=2, scorer="additive", preset="recommended"),
 ]
 
 
@@ -61,7 +70,7 @@ def test_dense_attention_equals_reference(scorer):
         torch.testing.assert_close(fast[1][name], ref[1][name], rtol=0, atol=1e-10, msg=name)
 
 
-def reachable_inputs(record, b, loss_step, k_trunc):
+def reachable_inputs(record, b, loss_step, k_trunc, connected="candidate_ids"):
     """Input steps that the loss at ``loss_step`` depends on for sequence b, derived from the record.
 
     Within a segment the chain carries everything forward; across segments only selected slots do.
@@ -71,7 +80,7 @@ def reachable_inputs(record, b, loss_step, k_trunc):
     # through δ (when N ≤ K, δ depends on the lowest slot, so again every candidate is connected).
     selected_at = {}
     for s, t in enumerate(record.steps.tolist()):
-        selected_at[t] = [int(i) for i in record.candidate_ids[s, b] if i >= 0]
+        selected_at[t] = [int(i) for i in getattr(record, connected)[s, b] if i >= 0]
     inputs, seen_slots, frontier = set(), set(), [loss_step]
     while frontier:
         end = frontier.pop()
@@ -84,18 +93,21 @@ def reachable_inputs(record, b, loss_step, k_trunc):
     return inputs
 
 
-def test_gradient_flows_only_through_selected_slots():
-    """A late loss has zero gradient w.r.t. an early input exactly when no selected slot connects them."""
+@pytest.mark.parametrize("sparsifier", ["relu", "softmax"])
+def test_gradient_flows_only_through_selected_slots(sparsifier):
+    """A late loss has zero gradient w.r.t. an early input exactly when no selected slot connects them.
+
+    relu: all C = K+1 candidates are connected (the (K+1)-th through δ); softmax: only the K selected."""
     k_trunc = 4
     # Sparse enough (K=1, attention every 6th step) that some far inputs are connected and some are not.
-    model = make(dict(k_top=1, k_att=4, k_trunc=k_trunc, attend_every=6))
+    model = make(dict(k_top=1, k_att=4, k_trunc=k_trunc, attend_every=6, sparsifier=sparsifier))
     B, T = 8, 40
     x = torch.randn(B, T, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4), requires_grad=True)
     logits, record = model(x, return_attention=True)
     logits[:, -1].sum().backward()
     connected_early, disconnected_early = 0, 0
     for b in range(B):
-        reach = reachable_inputs(record, b, T - 1, k_trunc)
+        reach = reachable_inputs(record, b, T - 1, k_trunc, "candidate_ids" if sparsifier == "relu" else "slot_ids")
         grad_norm = x.grad[b].abs().sum(dim=1)  # (T,)
         for u in range(T):
             if u in reach:
@@ -170,8 +182,12 @@ def test_config_validation_messages():
         SABConfig(k_top=0)
     with pytest.raises(ValueError, match="k_trunc must be an integer >= 1"):
         SABConfig(k_trunc=0)
-    with pytest.raises(ValueError, match="unknown scorer 'cosine'; valid choices: dot, additive, official"):
-        SABConfig(scorer="cosine")
+    with pytest.raises(ValueError, match="unknown scorer 'cos'; valid choices: dot, cosine, additive, official"):
+        SABConfig(scorer="cos")
+    with pytest.raises(ValueError, match="temperature applies to scorer cosine only, not 'dot'"):
+        SABConfig(scorer="dot", temperature=2.0)
+    with pytest.raises(ValueError, match="unknown preset 'best'; valid choices: paper, recommended"):
+        SABConfig(preset="best")
     with pytest.raises(ValueError, match="unknown model"):
         SABConfig(model="gru")
     assert "k_top=5" in repr(SABLSTM(SABConfig()))

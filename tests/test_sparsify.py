@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from sab_mips.ops.sparsify import relu_normalise, sparse_attention_weights, sparse_attention_weights_reference
+from sab_mips.ops.sparsify import (relu_normalise, softmax_topk_weights, softmax_topk_weights_reference,
+                                   sparse_attention_weights, sparse_attention_weights_reference)
 
 INF = float("inf")
 
@@ -110,3 +111,33 @@ def test_gradcheck_sparse_weights_float64(k):
 def test_k_must_be_positive():
     with pytest.raises(ValueError, match="k must be >= 1"):
         sparse_attention_weights(torch.zeros(1, 3), k=0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 9, 12])
+def test_softmax_top_k_matches_reference_values_and_gradients(k):
+    scores = random_scores()
+    scores[1, 5:] = -INF  # a row with only 5 valid slots (padding)
+    scores[2, :] = -INF  # a row with none
+    fast_in, ref_in = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    fast, ref = softmax_topk_weights(fast_in, k), softmax_topk_weights_reference(ref_in, k)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    upstream = random_scores(seed=1)
+    (fast * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(fast_in.grad, ref_in.grad, rtol=0, atol=1e-12)
+    assert torch.isfinite(fast_in.grad).all() and (fast[2] == 0).all()
+    valid_rows = [0, 1, 3, 4, 5]
+    assert ((fast[valid_rows] > 0).sum(dim=1) == torch.tensor([min(k, 9), min(k, 5), *[min(k, 9)] * 3])).all()
+
+
+def test_softmax_top_k_gradcheck_and_bounded_gradient_at_ties():
+    scores = random_scores(B=3, C=6).requires_grad_()
+    assert torch.autograd.gradcheck(lambda s: softmax_topk_weights(s, 3), (scores,))
+    # exact ties at the threshold: the ReLU rule's gradient grows like 1/gap, the softmax's stays bounded
+    tied = torch.tensor([[1.0, 1.0 - 1e-9, 1.0 - 2e-9, 0.0]], dtype=torch.float64)
+    grads = {}
+    for name, rule in (("relu", sparse_attention_weights), ("softmax", softmax_topk_weights)):
+        s = tied.clone().requires_grad_()
+        rule(s, 2)[0, 0].backward()
+        grads[name] = s.grad.abs().max().item()
+    assert grads["softmax"] < 1 and grads["relu"] > 1e6

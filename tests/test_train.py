@@ -165,7 +165,7 @@ PINNED_LOSSES = [2.2376632690429688, 2.2511789798736572, 2.2091095447540283, 2.1
 
 
 def test_training_trajectory_is_pinned(tmp_path):
-    model_cfg = SABConfig(model="sab", hidden_size=16, k_top=2, k_att=2, k_trunc=3, attn_dim=8)
+    model_cfg = SABConfig(model="sab", preset="paper", hidden_size=16, k_top=2, k_att=2, k_trunc=3, attn_dim=8)
     cfg = TrainConfig(task="copy", T=8, batch_size=4, steps=6, eval_every=3, eval_batches=1, seed=2)
     train(model_cfg, cfg, tmp_path, progress=False)
     losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]

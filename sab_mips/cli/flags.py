@@ -15,13 +15,14 @@ from ..config_base import field_names, help_of, value_type
 from ..errors import UserError
 from ..io import read_json
 from ..model import MODEL_FIELDS, SCORERS, SABConfig
+from ..model.config import PRESETS, saved_fields
 from ..tasks import TASKS, get_task
 from ..training import TrainConfig
 from ..training.rundir import CONFIG_FILE
 
 TASK_SIZED = ("input_size", "output_size")  # SABConfig fields set by the task, not by flags
 ALWAYS_USED = ("model", "hidden_size", *TASK_SIZED)  # SABConfig fields every model reads
-CHOICES = {"model": tuple(MODEL_FIELDS), "scorer": SCORERS, "task": tuple(TASKS)}
+CHOICES = {"model": tuple(MODEL_FIELDS), "scorer": SCORERS, "task": tuple(TASKS), "preset": tuple(PRESETS)}
 
 
 class Parser(argparse.ArgumentParser):
@@ -111,6 +112,7 @@ def merge_configs(explicit_model: dict[str, Any], explicit_train: dict[str, Any]
     train_values: dict[str, Any] = {}
     if resume_dir is not None and (Path(resume_dir) / CONFIG_FILE).is_file():
         model_values, train_values = read_config_file(Path(resume_dir) / CONFIG_FILE, "saved config")
+        model_values = saved_fields(model_values)
     file_model: dict[str, Any] = {}
     if config_file:
         file_model, file_train = read_config_file(config_file)

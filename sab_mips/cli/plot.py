@@ -6,13 +6,14 @@ from pathlib import Path
 
 import torch
 
-from ..plots import plot_attention_map, plot_learning_curves, plot_retrieval
+from ..plots import plot_attention_map, plot_diagnostics, plot_learning_curves, plot_retrieval
 from ..tasks import batch_generator
 from ..training import load_run
 from ..training.rundir import METRICS_FILE, read_metrics
 
 HELP = "learning curves and attention map as PNG"
-DESCRIPTION = "Write learning_curves.png and (for models with attention) attention.png."
+DESCRIPTION = ("Write learning_curves.png, diagnostics.png (gradient norm; for attention models also gap sums, slot "
+               "norms, long-range attention), attention.png (models with attention) and retrieval.png (SAB-MIPS).")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     title = f"{task.name} T={train_cfg.T}, model {model_cfg.model}, step {state['step']}"
     records = read_metrics(Path(args.run) / METRICS_FILE)
     print(f"wrote {plot_learning_curves(records, out / 'learning_curves.png', task.primary, title)}")
+    print(f"wrote {plot_diagnostics(records, out / 'diagnostics.png', title)}")
     if any("retrieval_seconds" in r for r in records):
         print(f"wrote {plot_retrieval(records, out / 'retrieval.png', f'{title}, retrieval {model_cfg.retrieval}')}")
     T = train_cfg.eval_T or train_cfg.T

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.sparsify import sparse_attention_weights_reference
+from ..ops.sparsify import softmax_topk_weights_reference, sparse_attention_weights_reference
 from .baselines import LSTMBaseline
 from .sab import DenseAttentionLSTM, SABLSTM
 
@@ -34,7 +34,7 @@ def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor 
         if not dense and t % cfg.k_trunc == 0:
             h, c = h.detach(), c.detach()
         h, c = model.cell(x[:, t], (h, c))
-        s = torch.zeros_like(h)
+        h_hat, s = h, torch.zeros_like(h)
         if t % cfg.attend_every == 0 and slots:
             memory = torch.stack(slots, dim=1)  # (B, N, H), the whole memory, in the graph
             scores = model.scorer(h, memory)  # (B, N)
@@ -43,13 +43,16 @@ def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor 
             else:
                 if replay is not None:
                     scores = _only_candidates(scores, replay[step])
-                weights = sparse_attention_weights_reference(scores, cfg.k_top, cfg.eps)
+                if cfg.sparsifier == "softmax":
+                    weights = softmax_topk_weights_reference(scores, cfg.k_top)
+                else:
+                    weights = sparse_attention_weights_reference(scores, cfg.k_top, cfg.eps)
             s = (weights.unsqueeze(2) * memory).sum(dim=1)
             h = h + s
             step += 1
         features.append(torch.cat([h, s], dim=1))
         if (t + 1) % cfg.k_att == 0:
-            slots.append(h)
+            slots.append(h_hat if cfg.slot_value == "h_hat" else h)
     return model.head(torch.stack(features, dim=1))
 
 

@@ -57,12 +57,13 @@ from torch import nn
 from indexes import MIPSIndex, make_index
 
 from ..ops.memory import SlotMemory
-from ..ops.sparsify import sparse_attention_weights
+from ..ops.sparsify import softmax_topk_weights, sparse_attention_weights
 from ..retrieval.stats import RetrievalStats
 from .config import SABConfig, check_retrieval
+from .diagnostics import AttentionDiagnostics
 from .inputs import check_input
 from .record import AttentionRecord
-from .scorers import DotScorer, make_scorer
+from .scorers import make_scorer
 
 
 @dataclass
@@ -74,20 +75,23 @@ class SABOutput:
         record: the attention record (``record=True``), else None.
         stats: time spent in the index and the audit sums of this pass.
         queries: (S, B, d_k) the search queries of every attention step (``collect_queries=True``), else None.
+        diagnostics: gap sums, slot norms and long-range attention (``diagnostics=True``), else None.
     """
 
     logits: torch.Tensor
     record: AttentionRecord | None
     stats: RetrievalStats
     queries: torch.Tensor | None = None
+    diagnostics: AttentionDiagnostics | None = None
 
 
 class _ForwardState:
     """Everything one forward pass accumulates: the memory, the index, and what is being recorded."""
 
     def __init__(self, model: "SABLSTM", x: torch.Tensor, retrieval: str, replay: torch.Tensor | None,
-                 record: bool, audit_every: int, collect_queries: bool) -> None:
-        B, H = x.shape[0], model.config.hidden_size
+                 record: bool, audit_every: int, collect_queries: bool, diagnostics: bool) -> None:
+        cfg = model.config
+        B, H = x.shape[0], cfg.hidden_size
         self.memory = SlotMemory(B, H, device=x.device, dtype=x.dtype)
         self.index: MIPSIndex | None = None
         self.exact_index: MIPSIndex | None = None  # the audits' reference: the same keys, searched exactly
@@ -98,7 +102,9 @@ class _ForwardState:
             reason = "skipped: candidates replayed from a record"
         self.audit_every = audit_every if reason is None else 0
         self.stats.audits = reason or self.stats.audits
-        if isinstance(model.scorer, DotScorer) and model.retrieves:
+        # MIPS-servable scorers: the pass's projections (query, key, exact candidate scores), taken once
+        self.projection = model.scorer.projection() if model.scorer.supports_mips else None
+        if self.projection is not None and model.retrieves:
             self.index = make_index(retrieval)
             self.index.reset(B, model.config.attn_dim)  # keys W_k m_i (d_k <= H: less to scan per search)
             if self.audit_every:
@@ -111,28 +117,21 @@ class _ForwardState:
         self.selected: list[torch.Tensor] = []
         self.weights: list[torch.Tensor] = []
         self.queries: list[torch.Tensor] | None = [] if collect_queries else None
-        self.query_weight: torch.Tensor | None = None  # W_q / sqrt(d_k), (d_k, H), in the graph
-        self.key_weight: torch.Tensor | None = None  # W_k, (d_k, H), in the graph
+        self.diagnostics = AttentionDiagnostics(cfg.k_top, cfg.k_att, cfg.k_trunc) if diagnostics else None
         self.logits: torch.Tensor | None = None
 
     def write(self, h: torch.Tensor, t: int) -> None:
         self.memory.write(h, t)
+        if self.diagnostics is not None:
+            self.diagnostics.slot(h)
         if self.index is not None:
             start = time.perf_counter()
-            key = h.detach() @ self.key_weight.detach().t()  # k_i = W_k m_i, (B, d_k)
+            with torch.no_grad():
+                key = self.projection.key(h.detach())  # what the index holds, e.g. k_i = W_k m_i, (B, d_k)
             self.index.add(key.unsqueeze(1))
             self.stats.add_seconds += time.perf_counter() - start
             if self.exact_index is not None:
                 self.exact_index.add(key.unsqueeze(1))
-
-    def project(self, h_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The search query q = W_q ĥ / sqrt(d_k) (B, d_k) and q̃ = W_kᵀ q (B, H), both in the graph.
-
-        score(ĥ, m_i) = q·k_i = q̃·m_i: the index searches its keys k_i with q; the exact re-scoring of the
-        candidates reads their slots m_i (which carry the gradient) and uses q̃.
-        """
-        query = h_hat @ self.query_weight.t()
-        return query, query @ self.key_weight
 
     def next_attention_step(self) -> tuple[int, bool]:
         """The number of this attention step (0, 1, ...) and whether it is audited (every ``audit_every``-th)."""
@@ -179,6 +178,14 @@ def _stack_padded(rows: list[torch.Tensor], fill: float, dtype: torch.dtype) -> 
     return out
 
 
+def add_forget_bias(bias_ih: torch.Tensor, value: float) -> None:
+    """Add ``value`` to the forget-gate quarter of an LSTM's input bias (gate order i, f, g, o), in place."""
+    if value:
+        H = bias_ih.shape[0] // 4
+        with torch.no_grad():
+            bias_ih[H : 2 * H] += value
+
+
 def _lstm_step(input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, recurrent_weight: torch.Tensor):
     """One LSTM step given the input half of the gates (B, 4H); the same maths as ``nn.LSTMCell``.
 
@@ -203,9 +210,10 @@ class SABLSTM(nn.Module):
         factory = {"device": device, "dtype": dtype}
         H = config.hidden_size
         self.cell = nn.LSTMCell(config.input_size, H, **factory)
-        self.scorer = make_scorer(config.scorer, H, config.attn_dim, **factory)
+        self.scorer = make_scorer(config.scorer, H, config.attn_dim, config.temperature, **factory)
         self.head = nn.Linear(2 * H, config.output_size, **factory)  # reads [h_t ; s_t]
         self.retrieval = config.retrieval  # index factory string; ``set_retrieval`` changes it after training
+        add_forget_bias(self.cell.bias_ih, config.forget_bias)
 
     def set_retrieval(self, retrieval: str) -> None:
         """Search with another index from now on (e.g. a larger efSearch, or ``exact``, for evaluation).
@@ -223,7 +231,7 @@ class SABLSTM(nn.Module):
         retrieval = self.retrieval if retrieval is None else retrieval
         if not self.retrieves:
             return "skipped: no retrieval, every slot is read (exact)"
-        if not isinstance(self.scorer, DotScorer):
+        if not self.scorer.supports_mips:
             return f"skipped: scorer {self.config.scorer!r} scans every slot (exact)"
         if make_index(retrieval).exact:
             return f"skipped: retrieval {retrieval!r} is exact (recall 1 and gradient cosine 1 by construction)"
@@ -231,13 +239,15 @@ class SABLSTM(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"k_top={c.k_top}, k_att={c.k_att}, attend_every={c.attend_every}, k_trunc={c.k_trunc}, "
-                f"scorer={c.scorer!r}, retrieval={self.retrieval!r}, k_cand={c.candidates}")
+        return (f"preset={c.preset!r}, k_top={c.k_top}, k_att={c.k_att}, attend_every={c.attend_every}, "
+                f"k_trunc={c.k_trunc}, scorer={c.scorer!r}, sparsifier={c.sparsifier!r}, slot_value={c.slot_value!r}, "
+                f"forget_bias={c.forget_bias}, retrieval={self.retrieval!r}, k_cand={c.candidates}")
 
     def reset_parameters(self) -> None:
         for module in self.modules():
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+        add_forget_bias(self.cell.bias_ih, self.config.forget_bias)
 
     # ---- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_attention: bool = False):
@@ -246,7 +256,8 @@ class SABLSTM(nn.Module):
         return (out.logits, out.record) if return_attention else out.logits
 
     def run(self, x: torch.Tensor, *, retrieval: str | None = None, replay: torch.Tensor | None = None,
-            record: bool = False, audit_every: int = 0, collect_queries: bool = False) -> SABOutput:
+            record: bool = False, audit_every: int = 0, collect_queries: bool = False,
+            diagnostics: bool = False) -> SABOutput:
         """One pass over inputs x (B, T, I), with everything it can measure.
 
         Args:
@@ -257,45 +268,46 @@ class SABLSTM(nn.Module):
             audit_every: compare every n-th attention step with exact search (0: never; skipped when the
                 candidates are exact by construction, see ``audit_skip_reason``).
             collect_queries: return the search query of every attention step.
+            diagnostics: return the pass's gap sums, slot norms and long-range attention (``diagnostics``).
         """
         if not self.retrieves and (retrieval is not None or replay is not None or audit_every):
             raise ValueError(f"{type(self).__name__} reads every slot: retrieval, replay and audit_every do not apply")
         if retrieval is not None:
             check_retrieval(retrieval, self.config.scorer)
         state = self._run(x, self.retrieval if retrieval is None else retrieval, replay, record, audit_every,
-                          collect_queries)
+                          collect_queries, diagnostics)
         queries = None
         if collect_queries:
             d_k = self.config.attn_dim
             queries = torch.stack(state.queries) if state.queries else x.new_zeros(0, x.shape[0], d_k)
-        return SABOutput(state.logits, state.attention_record() if record else None, state.stats, queries)
+        return SABOutput(state.logits, state.attention_record() if record else None, state.stats, queries,
+                         state.diagnostics)
 
     @torch.no_grad()
     def collect_memories(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the index held and was asked on inputs x (B, T, I): the MIPS problem of this model.
 
-        Returns ``keys`` (B, N, d_k), k_i = W_k m_i, and ``queries`` (S, B, d_k), q = W_q ĥ / sqrt(d_k), one
-        per attention step. Needs the ``dot`` scorer (the only one served by an index).
+        Returns ``keys`` (B, N, d_k), the keys the index held (dot: k_i = W_k m_i), and ``queries``
+        (S, B, d_k), what it was searched with (dot: q = W_q ĥ / sqrt(d_k)), one per attention step. Needs a
+        scorer an index can serve (dot, cosine).
         """
-        if not isinstance(self.scorer, DotScorer):
-            raise ValueError(f"collect_memories needs the dot scorer, not {self.config.scorer!r}")
-        state = self._run(x, self.retrieval, None, False, 0, collect_queries=True)
+        if not self.scorer.supports_mips:
+            raise ValueError(f"collect_memories needs the dot or cosine scorer, not {self.config.scorer!r}")
+        state = self._run(x, self.retrieval, None, False, 0, collect_queries=True, diagnostics=False)
         d_k = self.config.attn_dim
         queries = torch.stack(state.queries) if state.queries else x.new_zeros(0, x.shape[0], d_k)
-        return {"keys": state.memory.values() @ self.scorer.key_proj.weight.t(), "queries": queries}
+        return {"keys": state.projection.key(state.memory.values()), "queries": queries}
 
     def _segment_length(self, T: int) -> int:
         return self.config.k_trunc
 
     def _run(self, x: torch.Tensor, retrieval: str, replay: torch.Tensor | None, record: bool, audit_every: int,
-             collect_queries: bool) -> _ForwardState:
+             collect_queries: bool, diagnostics: bool) -> _ForwardState:
         check_input(self, x, self.config.input_size)
         cfg = self.config
         B, T, _ = x.shape
-        state = _ForwardState(self, x, retrieval, replay, record, audit_every, collect_queries)
-        if isinstance(self.scorer, DotScorer):
-            state.query_weight = self.scorer.query_proj.weight * self.scorer.scale  # once per pass
-            state.key_weight = self.scorer.key_proj.weight
+        state = _ForwardState(self, x, retrieval, replay, record, audit_every, collect_queries, diagnostics)
+        stores_h_hat = cfg.slot_value == "h_hat"
         # The input half of every step's gates in one matmul, outside the time loop.
         cell = self.cell
         input_gates = nn.functional.linear(x, cell.weight_ih, cell.bias_ih + cell.bias_hh)  # (B, T, 4H)
@@ -310,15 +322,15 @@ class SABLSTM(nn.Module):
         for start in range(0, T, segment):
             h, c = h.detach(), c.detach()  # the truncation boundary
             for t in range(start, min(start + segment, T)):
-                h, c = _lstm_step(input_gates[t], h, c, recurrent_weight)
-                s = no_summary
+                h_hat, c = _lstm_step(input_gates[t], h, c, recurrent_weight)
+                h, s = h_hat, no_summary
                 if t % cfg.attend_every == 0 and state.memory.size > 0:
-                    s = self._attend(h, state, t)
-                    h = h + s
+                    s = self._attend(h_hat, state, t)
+                    h = h_hat + s
                 hs.append(h)
                 ss.append(s)
                 if (t + 1) % cfg.k_att == 0:
-                    state.write(h, t)
+                    state.write(h_hat if stores_h_hat else h, t)
         features = torch.cat([torch.stack(hs, dim=1), torch.stack(ss, dim=1)], dim=2)  # (B, T, 2H)
         state.logits = self.head(features)
         return state
@@ -328,53 +340,59 @@ class SABLSTM(nn.Module):
         k, eps = self.config.k_top, self.config.eps
         count = self.config.candidates
         step, audited = state.next_attention_step()
-        ids, search_query, query = self._retrieve(h_hat, state, count, step)  # ids (B, C)
+        ids, query = self._retrieve(h_hat, state, count, step)  # ids (B, C)
         slots = state.memory.read(ids)  # (B, C, H), in the graph
-        scores = self._score(h_hat, query, slots)  # (B, C), in the graph
+        scores = self._score(h_hat, state, query, slots)  # (B, C), in the graph
         # No padding among the candidates (an exact search over at least C slots never pads; other searches
         # are checked): skip the masks. Every backend then takes the same path, so equal candidates give
         # bit-identical results.
         exact_search = state.replay is None and (state.index is None or state.index.exact)
         full = state.memory.size >= count and (exact_search or bool((ids >= 0).all()))
-        if full:
+        if self.config.sparsifier == "softmax":
+            weights = softmax_topk_weights(scores, k, valid=None if full else ids >= 0)
+        elif full:
             weights = sparse_attention_weights(scores, k, eps, all_valid=True)
         else:
             weights = sparse_attention_weights(scores, k, eps, valid=ids >= 0)
+        if state.diagnostics is not None:
+            state.diagnostics.attention(t, ids, scores.detach(), weights.detach())
         if audited:
-            state.stats.audit(search_query.detach(), state.exact_index, ids, scores.detach(), weights.detach(), k)
+            state.stats.audit(query.detach(), state.exact_index, ids, scores.detach(), weights.detach(), k)
         state.log(t, ids, weights, k)
         return (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
 
     def _retrieve(self, h_hat: torch.Tensor, state: _ForwardState, count: int, step: int):
-        """Candidate slot ids (B, count), -1 padded; the search query q (or None) and the dot scorer's q̃
-        (or None)."""
+        """Candidate slot ids (B, count), -1 padded, and the search query (B, d_k) in the graph (None for
+        scorers that no index can serve)."""
         if state.index is not None:
-            search_query, query = state.project(h_hat)  # q (B, d_k) for the index, q̃ (B, H) for re-scoring
+            query = state.projection.query(h_hat)  # what the index is searched with; re-scores the candidates
             if state.queries is not None:
-                state.queries.append(search_query.detach().clone())
+                state.queries.append(query.detach().clone())
             if state.replay is not None:
-                return state.replayed(step, count), search_query, query
+                return state.replayed(step, count), query
             start = time.perf_counter()
-            _, ids = state.index.search(search_query.detach(), count)
+            _, ids = state.index.search(query.detach(), count)
             # One canonical order (newest slot first, padding last) for every backend: an approximate index
             # that returns the exact candidate set then gives bit-identical results to exact search, so a
             # difference between runs measures missed candidates and not summation order.
             ids = ids.sort(dim=1, descending=True).values
             state.stats.search_seconds += time.perf_counter() - start
-            return ids, search_query, query
+            return ids, query
         if state.replay is not None:
-            return state.replayed(step, count), None, None
+            return state.replayed(step, count), None
         with torch.no_grad():
             scores = self.scorer(h_hat, state.memory.values())  # (B, N)
             top = scores.topk(min(count, state.memory.size), dim=1).indices
         if top.shape[1] == count:
-            return top, None, None
+            return top, None
         padding = top.new_full((top.shape[0], count - top.shape[1]), -1)
-        return torch.cat([top, padding], dim=1), None, None
+        return torch.cat([top, padding], dim=1), None
 
-    def _score(self, h_hat: torch.Tensor, query: torch.Tensor | None, slots: torch.Tensor) -> torch.Tensor:
+    def _score(self, h_hat: torch.Tensor, state: _ForwardState, query: torch.Tensor | None,
+               slots: torch.Tensor) -> torch.Tensor:
+        """Exact scores (B, C) of candidate slots (B, C, H), in the graph."""
         if query is not None:
-            return DotScorer.score_query(query, slots)
+            return state.projection.scores(query, slots)
         return self.scorer(h_hat, slots)
 
 
@@ -394,7 +412,7 @@ class DenseAttentionLSTM(SABLSTM):
         B, N = h_hat.shape[0], state.memory.size
         ids = torch.arange(N, device=h_hat.device).expand(B, N)
         slots = state.memory.read(ids)  # (B, N, H)
-        query = state.project(h_hat)[1] if state.query_weight is not None else None
-        weights = torch.softmax(self._score(h_hat, query, slots), dim=1)  # (B, N)
+        query = state.projection.query(h_hat) if state.projection is not None else None
+        weights = torch.softmax(self._score(h_hat, state, query, slots), dim=1)  # (B, N)
         state.log(t, ids, weights, N)
         return torch.bmm(weights.unsqueeze(1), slots).squeeze(1)

@@ -109,3 +109,45 @@ def sparse_attention_weights_reference(scores: torch.Tensor, k: int, eps: float 
             out = out.masked_scatter(valid, shifted / (shifted.sum() + eps))
         rows.append(out)
     return torch.stack(rows)
+
+
+def softmax_topk_weights(scores: torch.Tensor, k: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """A softmax over the K largest valid scores of each row (B, C); every other entry gets weight 0.
+
+    Exactly min(K, valid count) non-zero weights, as with the ReLU rule, but the gradient with respect to
+    the scores is the softmax's, bounded whatever the gaps between scores (no 1/Σ(a − δ) factor near ties).
+    Padding is marked by ``valid`` (B, C) or, without it, by ``-inf`` scores; a row with no valid entry
+    gets all zeros.
+
+    Example::
+
+        >>> w = softmax_topk_weights(torch.tensor([[2.0, 0.0, 1.0, -5.0]]), k=2)
+        >>> [round(v, 3) for v in w[0].tolist()]
+        [0.731, 0.0, 0.269, 0.0]
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if valid is None:
+        valid = torch.isfinite(scores)
+    masked = scores.masked_fill(~valid, float("-inf"))
+    top = masked.topk(min(k, scores.shape[1]), dim=1)
+    keep = torch.isfinite(top.values)
+    # padding becomes the lowest finite value: exp() gives exact zeros, and a row with no valid entry gets
+    # finite uniform weights that ``keep`` then zeroes (no inf or NaN enters the backward pass)
+    logits = torch.where(keep, top.values, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(logits, dim=1) * keep
+    return torch.zeros_like(scores).scatter(1, top.indices, weights)
+
+
+def softmax_topk_weights_reference(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The slow twin of ``softmax_topk_weights``: one row at a time, the K best by a full sort; padding as
+    ``-inf`` scores."""
+    rows = []
+    for row in scores:
+        out = torch.zeros_like(row)
+        valid = torch.isfinite(row).nonzero().flatten()
+        if len(valid):
+            chosen = valid[row[valid].sort(descending=True).indices[:k]]
+            out = out.index_put((chosen,), torch.softmax(row[chosen], dim=0))
+        rows.append(out)
+    return torch.stack(rows)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..model import SABConfig
+from ..model import SABLSTM, SABConfig
 from ..tasks import batch_generator
 from .audit import exact_gradient_cosine
 from .config import TrainConfig
@@ -119,9 +119,10 @@ class Trainer:
         t0 = time.perf_counter()
         x, y = task.make_batch(cfg.T, cfg.batch_size, batch_generator(cfg.seed, self.step, "train"))
         extra: dict[str, float] = {}
-        if model.retrieves:
-            out = model.run(x, audit_every=cfg.audit_every if self.audited else 0)
-            logits, extra = out.logits, out.stats.as_metrics()
+        if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
+            out = model.run(x, audit_every=cfg.audit_every if self.audited else 0, diagnostics=True)
+            logits = out.logits
+            extra = {**out.diagnostics.as_metrics(), **(out.stats.as_metrics() if model.retrieves else {})}
         else:
             logits = model(x)
         loss = task.loss(logits, y)

@@ -124,7 +124,7 @@ def differences(saved: dict[str, Any], requested: dict[str, Any], ignore: tuple[
 
 def saved_configs(state: dict[str, Any]) -> tuple[SABConfig, TrainConfig]:
     """The configs a checkpoint was written with (fields added since then take their defaults)."""
-    return SABConfig.from_dict(state["model_config"]), TrainConfig.from_dict(state["train_config"])
+    return SABConfig.from_saved(state["model_config"]), TrainConfig.from_dict(state["train_config"])
 
 
 def check_resume(state: dict[str, Any], model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: Path) -> None:
