@@ -57,6 +57,7 @@ from torch import nn
 from indexes import MIPSIndex, make_index
 
 from ..ops.memory import SlotMemory
+from ..ops.sparse_attention import AttentionSpec
 from ..ops.sparsify import softmax_topk_weights, sparse_attention_weights
 from ..retrieval.stats import RetrievalStats
 from .config import SABConfig, check_retrieval
@@ -214,6 +215,10 @@ class SABLSTM(nn.Module):
         self.head = nn.Linear(2 * H, config.output_size, **factory)  # reads [h_t ; s_t]
         self.retrieval = config.retrieval  # index factory string; ``set_retrieval`` changes it after training
         add_forget_bias(self.cell.bias_ih, config.forget_bias)
+        # One fused autograd node per attention step (``ops.sparse_attention``) where the scorer has one;
+        # False runs the plain autograd path, its slow twin (the tests compare the two).
+        self.use_fused = self.scorer.supports_mips
+        self.attention_spec = AttentionSpec(config.scorer, config.sparsifier, config.k_top, config.eps)
 
     def set_retrieval(self, retrieval: str) -> None:
         """Search with another index from now on (e.g. a larger efSearch, or ``exact``, for evaluation).
@@ -241,7 +246,16 @@ class SABLSTM(nn.Module):
         c = self.config
         return (f"preset={c.preset!r}, k_top={c.k_top}, k_att={c.k_att}, attend_every={c.attend_every}, "
                 f"k_trunc={c.k_trunc}, scorer={c.scorer!r}, sparsifier={c.sparsifier!r}, slot_value={c.slot_value!r}, "
-                f"forget_bias={c.forget_bias}, retrieval={self.retrieval!r}, k_cand={c.candidates}")
+                f"forget_bias={c.forget_bias}, retrieval={self.retrieval!r}, k_cand={c.candidates}, "
+                f"attention={self.attention_path()!r}")
+
+    def attention_path(self) -> str:
+        """How an attention step runs: ``fused`` (one autograd node) or ``plain`` (autograd op by op), and why."""
+        if self.use_fused:
+            return "fused"
+        if not self.scorer.supports_mips:
+            return f"plain (scorer {self.config.scorer!r} has no fused step)"
+        return "plain (use_fused=False)"
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -341,25 +355,31 @@ class SABLSTM(nn.Module):
         count = self.config.candidates
         step, audited = state.next_attention_step()
         ids, query = self._retrieve(h_hat, state, count, step)  # ids (B, C)
-        slots = state.memory.read(ids)  # (B, C, H), in the graph
-        scores = self._score(h_hat, state, query, slots)  # (B, C), in the graph
         # No padding among the candidates (an exact search over at least C slots never pads; other searches
         # are checked): skip the masks. Every backend then takes the same path, so equal candidates give
         # bit-identical results.
         exact_search = state.replay is None and (state.index is None or state.index.exact)
         full = state.memory.size >= count and (exact_search or bool((ids >= 0).all()))
-        if self.config.sparsifier == "softmax":
-            weights = softmax_topk_weights(scores, k, valid=None if full else ids >= 0)
-        elif full:
-            weights = sparse_attention_weights(scores, k, eps, all_valid=True)
+        if query is not None and self.use_fused:
+            query_in, key_weight = state.projection.fused_inputs(query)
+            summary, weights, scores = state.memory.attend(ids, query_in, key_weight, None if full else ids >= 0,
+                                                           self.attention_spec)
         else:
-            weights = sparse_attention_weights(scores, k, eps, valid=ids >= 0)
+            slots = state.memory.read(ids)  # (B, C, H), in the graph
+            scores = self._score(h_hat, state, query, slots)  # (B, C), in the graph
+            if self.config.sparsifier == "softmax":
+                weights = softmax_topk_weights(scores, k, valid=None if full else ids >= 0)
+            elif full:
+                weights = sparse_attention_weights(scores, k, eps, all_valid=True)
+            else:
+                weights = sparse_attention_weights(scores, k, eps, valid=ids >= 0)
+            summary = (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
         if state.diagnostics is not None:
             state.diagnostics.attention(t, ids, scores.detach(), weights.detach())
         if audited:
             state.stats.audit(query.detach(), state.exact_index, ids, scores.detach(), weights.detach(), k)
         state.log(t, ids, weights, k)
-        return (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
+        return summary
 
     def _retrieve(self, h_hat: torch.Tensor, state: _ForwardState, count: int, step: int):
         """Candidate slot ids (B, count), -1 padded, and the search query (B, d_k) in the graph (None for

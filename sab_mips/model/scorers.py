@@ -78,6 +78,10 @@ class DotProjection:
         # multiply-and-sum, not bmm: for a handful of candidates it is ~4x cheaper on CPU, backward included
         return (slots * (query @ self.key_weight).unsqueeze(1)).sum(dim=2)
 
+    def fused_inputs(self, query: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """What the fused attention step (``ops.sparse_attention``, scorer dot) takes: q̃ = W_kᵀ q (B, H)."""
+        return query @ self.key_weight, None
+
 
 class CosineScorer(Scorer):
     supports_mips = True
@@ -125,6 +129,10 @@ class CosineProjection:
 
     def scores(self, query: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         return (self.key(slots) * query.unsqueeze(1)).sum(dim=2)
+
+    def fused_inputs(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the fused attention step (``ops.sparse_attention``, scorer cosine) takes: q and W_k."""
+        return query, self.key_weight
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ autograd functions connect it to the graph:
   gradient the reads of that slot have accumulated.
 * ``read(ids)`` gathers slots (B, C, H). In the backward pass it adds its output gradient into a
   (B, capacity, H) gradient buffer at the rows it read.
+* ``attend(ids, ...)`` is a read fused with one whole attention step over the slots read (scores,
+  sparsifier, weighted sum; ``sparse_attention``): one autograd node instead of dozens.
 
 For this to be correct, every read of a slot must run its backward before the slot's write does. The
 functions thread a scalar *token* through the pass: write j consumes token j−1 and produces token j; a
@@ -24,6 +26,8 @@ Cost per step: O(C·H) for a read, O(H) for a write (amortised), independent of 
 from __future__ import annotations
 
 import torch
+
+from .sparse_attention import AttentionSpec, attend_backward, attend_forward
 
 
 class _SlotBuffers:
@@ -95,6 +99,20 @@ class SlotMemory:
             return _ReadSlots.apply(self._token, ids, self._buffers)
         return _gather(self._buffers.values, ids)
 
+    def attend(self, ids: torch.Tensor, query: torch.Tensor, key_weight: torch.Tensor | None,
+               valid: torch.Tensor | None, spec: AttentionSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One attention step over slots ``ids`` (B, C): (summary (B, H), weights (B, C), scores (B, C)).
+
+        The same as reading the slots and running ``sparse_attention.attend_forward`` on them, with the
+        closed-form backward; weights and scores are detached. Ids of -1 (padding) must be marked in
+        ``valid``.
+        """
+        ids = ids.clamp(min=0)
+        if self._token is not None and torch.is_grad_enabled():
+            return _AttendSlots.apply(self._token, ids, query, key_weight, valid, self._buffers, spec)
+        summary, weights, scores, _ = attend_forward(_gather(self._buffers.values, ids), query, key_weight, valid, spec)
+        return summary, weights, scores
+
     def _ensure_capacity(self, needed: int) -> None:
         B, capacity, H = self._buffers.values.shape
         if needed <= capacity:
@@ -141,3 +159,21 @@ class _ReadSlots(torch.autograd.Function):
         (ids,) = ctx.saved_tensors
         ctx.buffers.accumulate_grad(ids, grad_out)
         return grad_out.new_zeros(()), None, None
+
+
+class _AttendSlots(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token, ids, query, key_weight, valid, buffers: _SlotBuffers, spec: AttentionSpec):
+        summary, weights, scores, saved = attend_forward(_gather(buffers.values, ids), query, key_weight, valid, spec)
+        ctx.buffers, ctx.saved, ctx.spec = buffers, saved, spec
+        ctx.save_for_backward(ids)
+        ctx.mark_non_differentiable(weights, scores)
+        return summary, weights, scores
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_summary, _grad_weights, _grad_scores):
+        (ids,) = ctx.saved_tensors
+        g_slots, g_query, g_key_weight = attend_backward(grad_summary, ctx.saved, ctx.spec)
+        ctx.buffers.accumulate_grad(ids, g_slots)
+        return grad_summary.new_zeros(()), None, g_query, g_key_weight, None, None, None

@@ -1,0 +1,101 @@
+"""The fused attention step against the plain autograd path (its twin): values, gradients, gradcheck."""
+import itertools
+
+import pytest
+import torch
+
+from sab_mips import SABConfig, build_model
+from sab_mips.model.reference import sab_forward_reference
+from sab_mips.ops.sparse_attention import AttentionSpec, SparseAttention
+from sab_mips.ops.sparsify import softmax_topk_weights, sparse_attention_weights
+
+from helpers import assert_same, outputs_and_grads
+
+COMBOS = list(itertools.product(["dot", "cosine"], ["relu", "softmax"]))
+
+
+def plain(slots, query, key_weight, valid, spec):
+    """The same step with autograd, op by op."""
+    if spec.scorer == "dot":
+        scores = (slots * query.unsqueeze(1)).sum(dim=2)
+    else:
+        keys = slots @ key_weight.t()
+        scores = ((keys / keys.norm(dim=2, keepdim=True)) * query.unsqueeze(1)).sum(dim=2)
+    if spec.sparsifier == "softmax":
+        weights = softmax_topk_weights(scores, spec.k, valid=valid)
+    elif valid is None:
+        weights = sparse_attention_weights(scores, spec.k, spec.eps, all_valid=True)
+    else:
+        weights = sparse_attention_weights(scores, spec.k, spec.eps, valid=valid)
+    return (weights.unsqueeze(2) * slots).sum(dim=1), weights, scores
+
+
+def inputs(scorer, B=4, C=6, H=5, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    slots = torch.randn(B, C, H, generator=g, dtype=torch.float64)
+    query = torch.randn(B, H if scorer == "dot" else d, generator=g, dtype=torch.float64)
+    key_weight = None if scorer == "dot" else torch.randn(d, H, generator=g, dtype=torch.float64)
+    return slots, query, key_weight
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 5, 6])
+@pytest.mark.parametrize("scorer, sparsifier", COMBOS)
+def test_fused_step_equals_the_plain_step(scorer, sparsifier, k, padded):
+    spec = AttentionSpec(scorer, sparsifier, k, 1e-7)
+    slots, query, key_weight = inputs(scorer)
+    valid = None
+    if padded:  # one sequence with 3 real candidates, one with none
+        valid = torch.ones(4, 6, dtype=torch.bool)
+        valid[1, 3:] = False
+        valid[2, :] = False
+    upstream = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    results = []
+    for step in (SparseAttention.apply, plain):
+        leaves = [t.clone().requires_grad_() if t is not None else None for t in (slots, query, key_weight)]
+        summary, weights, scores = step(*leaves, valid, spec)
+        (summary * upstream).sum().backward()
+        results.append((summary.detach(), weights.detach(), scores.detach(),
+                        [t.grad if t is not None else None for t in leaves]))
+    (fast, fast_w, fast_a, fast_g), (ref, ref_w, ref_a, ref_g) = results
+    for a, b in ((fast, ref), (fast_w, ref_w), *zip(fast_g, ref_g)):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast_a[valid if padded else slice(None)], ref_a[valid if padded else slice(None)])
+
+
+@pytest.mark.parametrize("scorer, sparsifier", COMBOS)
+def test_fused_step_gradcheck(scorer, sparsifier):
+    spec = AttentionSpec(scorer, sparsifier, 2, 1e-7)
+    slots, query, key_weight = inputs(scorer, B=2, C=4, H=3, d=2, seed=3)
+    leaves = [t.requires_grad_() for t in (slots, query, key_weight) if t is not None]
+
+    def summary(*args):
+        if scorer == "dot":
+            return SparseAttention.apply(args[0], args[1], None, None, spec)[0]
+        return SparseAttention.apply(*args, None, spec)[0]
+
+    assert torch.autograd.gradcheck(summary, tuple(leaves))
+
+
+@pytest.mark.parametrize("preset", ["paper", "recommended"])
+@pytest.mark.parametrize("retrieval", ["exact", "simple-lsh:bits=12,tables=1"])
+def test_model_with_fused_steps_equals_plain_steps_and_the_reference(preset, retrieval):
+    torch.manual_seed(0)
+    model = build_model(SABConfig(preset=preset, input_size=3, output_size=4, hidden_size=6, attn_dim=5, k_top=2,
+                                  k_att=1, k_trunc=4, retrieval=retrieval, k_cand=4), dtype=torch.float64)
+    x = torch.randn(3, 40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert model.use_fused and "attention='fused'" in repr(model)
+    fused = outputs_and_grads(model, x, model, input_grad=True)
+    record = model.run(x, record=True).record
+    model.use_fused = False
+    assert "attention='plain (use_fused=False)'" in repr(model)
+    assert_same(fused, outputs_and_grads(model, x, model, input_grad=True), 1e-10, relative=True)
+    reference = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=record.candidate_ids),
+                                  input_grad=True)
+    assert_same(fused, reference, 1e-10, relative=True)
+
+
+def test_scorers_without_a_fused_step_say_so():
+    model = build_model(SABConfig(scorer="additive", input_size=3, output_size=2, hidden_size=4))
+    assert not model.use_fused and "no fused step" in repr(model)
