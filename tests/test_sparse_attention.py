@@ -99,3 +99,46 @@ def test_model_with_fused_steps_equals_plain_steps_and_the_reference(preset, ret
 def test_scorers_without_a_fused_step_say_so():
     model = build_model(SABConfig(scorer="additive", input_size=3, output_size=2, hidden_size=4))
     assert not model.use_fused and "no fused step" in repr(model)
+
+
+@pytest.mark.parametrize("scorer", ["dot", "cosine"])
+@pytest.mark.parametrize("retrieval", ["exact", "faiss:HNSW32,efSearch=16,exact_below=0"])
+def test_exploring_model_equals_the_reference_with_its_recorded_candidates(scorer, retrieval):
+    """Training mode with explore=R: the fused and the plain paths, and the reference replaying the recorded
+    candidates (searched and random), give the same outputs and gradients."""
+    torch.manual_seed(0)
+    model = build_model(SABConfig(preset="paper", scorer=scorer, sparsifier="softmax", explore=3, input_size=3,
+                                  output_size=4, hidden_size=6, attn_dim=5, k_top=2, k_att=1, k_trunc=4,
+                                  retrieval=retrieval), dtype=torch.float64)
+    x = torch.randn(3, 40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    record = model.run(x, record=True).record
+    assert record.candidate_ids.shape[2] == 3 + 3 and (record.candidate_ids[-1, :, 3:] >= 0).any()
+    replay = record.candidate_ids
+    fused = outputs_and_grads(model, x, lambda inp: model.run(inp, replay=replay).logits, input_grad=True)
+    torch.manual_seed(5)  # the same draws: the recorded pass itself
+    assert_same(fused, outputs_and_grads(model, x, model, input_grad=True), 1e-12, relative=True)
+    model.use_fused = False
+    assert_same(fused, outputs_and_grads(model, x, lambda inp: model.run(inp, replay=replay).logits, input_grad=True),
+                1e-10, relative=True)
+    reference = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=replay),
+                                  input_grad=True)
+    assert_same(fused, reference, 1e-10, relative=True)
+    # evaluation mode never explores: only the searched candidates
+    model.eval()
+    assert model.run(x, record=True).record.candidate_ids.shape[2] == 3
+
+
+def test_exploration_candidates_never_repeat_a_slot():
+    torch.manual_seed(0)
+    model = build_model(SABConfig(preset="paper", sparsifier="softmax", explore=6, input_size=3, output_size=2,
+                                  hidden_size=4, k_top=2, k_att=1, k_trunc=4))
+    ids = model.run(torch.randn(8, 12, 3), record=True).record.candidate_ids  # few slots: many repeats drawn
+    for row in ids.reshape(-1, ids.shape[2]).tolist():
+        real = [i for i in row if i >= 0]
+        assert len(real) == len(set(real))
+
+
+def test_explore_needs_the_softmax_sparsifier():
+    with pytest.raises(ValueError, match="explore=2 needs the softmax sparsifier"):
+        SABConfig(preset="paper", explore=2)

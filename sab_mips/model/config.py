@@ -22,7 +22,7 @@ from typing import Any
 
 from indexes import make_index
 
-from ..config_base import Config, choice, option, positive_int, require
+from ..config_base import Config, choice, non_negative_int, option, positive_int, require
 
 SCORERS = ("dot", "cosine", "additive", "official")
 MIPS_SCORERS = ("dot", "cosine")  # inner products of a query and a stored key: an index can serve them
@@ -32,15 +32,15 @@ DEFAULT_TEMPERATURE = 5.0  # the cosine scorer's initial τ when ``temperature``
 
 # The options each preset sets (a field given explicitly wins). "paper" is SPEC §1.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"scorer": "dot", "sparsifier": "relu", "slot_value": "h", "forget_bias": 0.0},
-    "recommended": {"scorer": "cosine", "sparsifier": "softmax", "slot_value": "h", "forget_bias": 1.0},
+    "paper": {"scorer": "dot", "sparsifier": "relu", "slot_value": "h", "forget_bias": 0.0, "explore": 0},
+    "recommended": {"scorer": "cosine", "sparsifier": "softmax", "slot_value": "h", "forget_bias": 1.0, "explore": 0},
 }
 PRESET_FIELDS = tuple(PRESETS["paper"])
 
 # Which SABConfig fields each model reads (besides input_size/output_size/hidden_size).
 MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "sab": ("preset", "k_top", "k_att", "attend_every", "k_trunc", "scorer", "attn_dim", "eps", "retrieval", "k_cand",
-            "sparsifier", "slot_value", "forget_bias", "temperature"),
+            "sparsifier", "slot_value", "forget_bias", "temperature", "explore"),
     "dense": ("preset", "k_att", "attend_every", "scorer", "attn_dim", "slot_value", "forget_bias", "temperature"),
     "tbptt": ("preset", "k_trunc", "forget_bias"),
     "lstm": ("preset", "forget_bias"),
@@ -78,7 +78,7 @@ class SABConfig(Config):
 
     model: str = option("sab", "one of sab, dense, tbptt, lstm.")
     preset: str = option("recommended", "paper (SPEC §1 as written) or recommended (options that train better); "
-                                        "sets every option left unset (scorer, sparsifier, slot_value, forget_bias).")
+                                        "sets every option left unset (scorer, sparsifier, slot_value, forget_bias, explore).")
     input_size: int = option(10, "per-step input features (set by the task).")
     output_size: int = option(10, "per-step output classes (set by the task).")
     hidden_size: int = option(128, "H, the LSTM state size.")
@@ -104,6 +104,10 @@ class SABConfig(Config):
                                              "initialisation). None: the preset's.")
     temperature: float | None = option(None, f"initial τ of the cosine scorer, learned (None: "
                                              f"{DEFAULT_TEMPERATURE}); only with scorer cosine.")
+    explore: int | None = option(None, "R: in training, each attention step also attends to R slots drawn at random "
+                                       "from the whole memory (the softmax runs over the top K and these R), so "
+                                       "slots that top-K never selects still get gradient; 0: off. Needs the "
+                                       "softmax sparsifier. None: the preset's.")
 
     def __post_init__(self) -> None:
         choice("preset", self.preset, list(PRESETS))
@@ -126,6 +130,10 @@ class SABConfig(Config):
         else:
             require(self.temperature is None, f"temperature applies to scorer cosine only, not {self.scorer!r}")
         require(isinstance(self.eps, (int, float)) and self.eps > 0, f"eps must be > 0, got {self.eps!r}")
+        non_negative_int("explore", self.explore, "0: off")
+        require(self.explore == 0 or self.sparsifier == "softmax",
+                f"explore={self.explore} needs the softmax sparsifier (the relu rule gives weight only to the top "
+                f"K), got sparsifier {self.sparsifier!r}")
         check_retrieval(self.retrieval, self.scorer)
         if self.k_cand is not None:
             positive_int("k_cand", self.k_cand)

@@ -21,10 +21,15 @@ from .sab import DenseAttentionLSTM, SABLSTM
 def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor | None = None) -> torch.Tensor:
     """Per-step logits (B, T, O) of ``model`` on x (B, T, I), computed the obvious way.
 
-    replay: (S, B, C) candidate ids per attention step (-1 pads); None scores every slot.
+    replay: (S, B, C) candidate ids per attention step (-1 pads); None scores every slot. A model in
+    training mode with ``explore`` = R > 0 draws random candidates, so it needs ``replay``: its last R
+    columns are the exploration candidates, which always take part in the softmax.
     """
     cfg = model.config
     dense = isinstance(model, DenseAttentionLSTM)
+    explore = cfg.explore if model.training and not dense else 0
+    if explore and replay is None:
+        raise ValueError("a model exploring at random (training mode, explore > 0) needs the replayed candidates")
     B, T, _ = x.shape
     h = c = x.new_zeros(B, cfg.hidden_size)
     slots: list[torch.Tensor] = []
@@ -41,12 +46,15 @@ def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor 
             if dense:
                 weights = torch.softmax(scores, dim=1)
             else:
-                if replay is not None:
-                    scores = _only_candidates(scores, replay[step])
-                if cfg.sparsifier == "softmax":
-                    weights = softmax_topk_weights_reference(scores, cfg.k_top)
+                if explore:
+                    weights = _explored_softmax(scores, replay[step], cfg.k_top, explore)
                 else:
-                    weights = sparse_attention_weights_reference(scores, cfg.k_top, cfg.eps)
+                    if replay is not None:
+                        scores = _only_candidates(scores, replay[step])
+                    if cfg.sparsifier == "softmax":
+                        weights = softmax_topk_weights_reference(scores, cfg.k_top)
+                    else:
+                        weights = sparse_attention_weights_reference(scores, cfg.k_top, cfg.eps)
             s = (weights.unsqueeze(2) * memory).sum(dim=1)
             h = h + s
             step += 1
@@ -54,6 +62,20 @@ def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor 
         if (t + 1) % cfg.k_att == 0:
             slots.append(h_hat if cfg.slot_value == "h_hat" else h)
     return model.head(torch.stack(features, dim=1))
+
+
+def _explored_softmax(scores: torch.Tensor, candidate_ids: torch.Tensor, k: int, explore: int) -> torch.Tensor:
+    """Weights (B, N): a softmax over the K best of the searched candidates (the first C − R ids) and the R
+    exploration candidates (the last R ids), each row on its own."""
+    searched = candidate_ids.shape[1] - explore
+    rows = []
+    for b in range(scores.shape[0]):
+        found = [i for i in candidate_ids[b, :searched].tolist() if i >= 0]
+        best = sorted(found, key=lambda i: -float(scores[b, i].detach()))[:k]
+        chosen = best + [i for i in candidate_ids[b, searched:].tolist() if i >= 0]
+        weights = torch.softmax(scores[b, chosen], dim=0)
+        rows.append(torch.zeros_like(scores[b]).index_put((torch.tensor(chosen, dtype=torch.long),), weights))
+    return torch.stack(rows)
 
 
 def _only_candidates(scores: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:

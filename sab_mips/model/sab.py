@@ -97,6 +97,8 @@ class _ForwardState:
         self.index: MIPSIndex | None = None
         self.exact_index: MIPSIndex | None = None  # the audits' reference: the same keys, searched exactly
         self.replay = replay
+        # exploration candidates: R slots drawn at random, in training only (``SABConfig.explore``)
+        self.explore = cfg.explore if model.training and model.retrieves else 0
         self.stats = RetrievalStats()
         reason = model.audit_skip_reason(retrieval)
         if replay is not None:
@@ -139,6 +141,20 @@ class _ForwardState:
         step = self.attention_steps
         self.attention_steps += 1
         return step, self.audit_every > 0 and step % self.audit_every == 0
+
+    def with_exploration(self, ids: torch.Tensor) -> torch.Tensor:
+        """The searched candidates (B, C) followed by R slots drawn uniformly from the memory (B, C + R).
+
+        A draw that repeats a candidate or an earlier draw becomes padding (-1), so no slot is counted twice;
+        with N much larger than C that is rare. Draws use torch's global generator (seeded by the training
+        loop and saved in its checkpoints, so a resumed run draws the same slots).
+        """
+        if not self.explore:
+            return ids
+        draws = torch.randint(0, self.memory.size, (ids.shape[0], self.explore), device=ids.device)
+        repeats = (draws.unsqueeze(2) == ids.unsqueeze(1)).any(dim=2)
+        repeats |= (draws.unsqueeze(2) == draws.unsqueeze(1)).tril(diagonal=-1).any(dim=2)
+        return torch.cat([ids, draws.masked_fill(repeats, -1)], dim=1)
 
     def replayed(self, step: int, count: int) -> torch.Tensor:
         """The recorded candidate ids (B, C) of attention step ``step``."""
@@ -219,6 +235,7 @@ class SABLSTM(nn.Module):
         # False runs the plain autograd path, its slow twin (the tests compare the two).
         self.use_fused = self.scorer.supports_mips
         self.attention_spec = AttentionSpec(config.scorer, config.sparsifier, config.k_top, config.eps)
+        self.exploring_spec = AttentionSpec(config.scorer, config.sparsifier, config.k_top, config.eps, config.explore)
 
     def set_retrieval(self, retrieval: str) -> None:
         """Search with another index from now on (e.g. a larger efSearch, or ``exact``, for evaluation).
@@ -246,7 +263,7 @@ class SABLSTM(nn.Module):
         c = self.config
         return (f"preset={c.preset!r}, k_top={c.k_top}, k_att={c.k_att}, attend_every={c.attend_every}, "
                 f"k_trunc={c.k_trunc}, scorer={c.scorer!r}, sparsifier={c.sparsifier!r}, slot_value={c.slot_value!r}, "
-                f"forget_bias={c.forget_bias}, retrieval={self.retrieval!r}, k_cand={c.candidates}, "
+                f"forget_bias={c.forget_bias}, explore={c.explore}, retrieval={self.retrieval!r}, k_cand={c.candidates}, "
                 f"attention={self.attention_path()!r}")
 
     def attention_path(self) -> str:
@@ -352,23 +369,23 @@ class SABLSTM(nn.Module):
     def _attend(self, h_hat: torch.Tensor, state: _ForwardState, t: int) -> torch.Tensor:
         """Sparse summary s_t (B, H) of the memory for provisional states ĥ_t (B, H)."""
         k, eps = self.config.k_top, self.config.eps
-        count = self.config.candidates
+        count, explore = self.config.candidates, state.explore
         step, audited = state.next_attention_step()
-        ids, query = self._retrieve(h_hat, state, count, step)  # ids (B, C)
+        ids, query = self._retrieve(h_hat, state, count, step)  # ids (B, C), or (B, C + R) when exploring
         # No padding among the candidates (an exact search over at least C slots never pads; other searches
         # are checked): skip the masks. Every backend then takes the same path, so equal candidates give
         # bit-identical results.
-        exact_search = state.replay is None and (state.index is None or state.index.exact)
+        exact_search = state.replay is None and (state.index is None or state.index.exact) and not explore
         full = state.memory.size >= count and (exact_search or bool((ids >= 0).all()))
+        spec = self.exploring_spec if explore else self.attention_spec
         if query is not None and self.use_fused:
             query_in, key_weight = state.projection.fused_inputs(query)
-            summary, weights, scores = state.memory.attend(ids, query_in, key_weight, None if full else ids >= 0,
-                                                           self.attention_spec)
+            summary, weights, scores = state.memory.attend(ids, query_in, key_weight, None if full else ids >= 0, spec)
         else:
             slots = state.memory.read(ids)  # (B, C, H), in the graph
             scores = self._score(h_hat, state, query, slots)  # (B, C), in the graph
             if self.config.sparsifier == "softmax":
-                weights = softmax_topk_weights(scores, k, valid=None if full else ids >= 0)
+                weights = softmax_topk_weights(scores, k, valid=None if full else ids >= 0, explore=explore)
             elif full:
                 weights = sparse_attention_weights(scores, k, eps, all_valid=True)
             else:
@@ -376,8 +393,10 @@ class SABLSTM(nn.Module):
             summary = (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
         if state.diagnostics is not None:
             state.diagnostics.attention(t, ids, scores.detach(), weights.detach())
-        if audited:
-            state.stats.audit(query.detach(), state.exact_index, ids, scores.detach(), weights.detach(), k)
+        if audited:  # the searched candidates only (exploration candidates are random by design)
+            searched = ids.shape[1] - explore
+            state.stats.audit(query.detach(), state.exact_index, ids[:, :searched], scores.detach()[:, :searched],
+                              weights.detach()[:, :searched], k)
         state.log(t, ids, weights, k)
         return summary
 
@@ -389,7 +408,7 @@ class SABLSTM(nn.Module):
             if state.queries is not None:
                 state.queries.append(query.detach().clone())
             if state.replay is not None:
-                return state.replayed(step, count), query
+                return state.replayed(step, count + state.explore), query
             start = time.perf_counter()
             _, ids = state.index.search(query.detach(), count)
             # One canonical order (newest slot first, padding last) for every backend: an approximate index
@@ -397,16 +416,15 @@ class SABLSTM(nn.Module):
             # difference between runs measures missed candidates and not summation order.
             ids = ids.sort(dim=1, descending=True).values
             state.stats.search_seconds += time.perf_counter() - start
-            return ids, query
+            return state.with_exploration(ids), query
         if state.replay is not None:
-            return state.replayed(step, count), None
+            return state.replayed(step, count + state.explore), None
         with torch.no_grad():
             scores = self.scorer(h_hat, state.memory.values())  # (B, N)
             top = scores.topk(min(count, state.memory.size), dim=1).indices
-        if top.shape[1] == count:
-            return top, None
-        padding = top.new_full((top.shape[0], count - top.shape[1]), -1)
-        return torch.cat([top, padding], dim=1), None
+        if top.shape[1] < count:
+            top = torch.cat([top, top.new_full((top.shape[0], count - top.shape[1]), -1)], dim=1)
+        return state.with_exploration(top), None
 
     def _score(self, h_hat: torch.Tensor, state: _ForwardState, query: torch.Tensor | None,
                slots: torch.Tensor) -> torch.Tensor:

@@ -28,19 +28,21 @@ from dataclasses import dataclass
 
 import torch
 
-from .sparsify import LOW_N_MARGIN
+from .sparsify import LOW_N_MARGIN, top_k_and_explored
 
 NORM_FLOOR = 1e-12  # a key of smaller norm is divided by this instead (as the cosine scorer does)
 
 
 @dataclass(frozen=True)
 class AttentionSpec:
-    """What one fused attention step computes: the scorer (dot, cosine), the sparsifier (relu, softmax), K, ε."""
+    """What one fused attention step computes: the scorer (dot, cosine), the sparsifier (relu, softmax), K, ε,
+    and the number of trailing exploration candidates that always take part in the softmax."""
 
     scorer: str
     sparsifier: str
     k: int
     eps: float
+    explore: int = 0
 
 
 def attend_forward(slots: torch.Tensor, query: torch.Tensor, key_weight: torch.Tensor | None,
@@ -61,7 +63,7 @@ def attend_forward(slots: torch.Tensor, query: torch.Tensor, key_weight: torch.T
     if spec.sparsifier == "relu":
         weights, active, total, delta_index = _relu_weights(scores, valid, spec.k, spec.eps)
     else:
-        weights, active, total, delta_index = _softmax_weights(scores, valid, spec.k), None, None, None
+        weights, active, total, delta_index = _softmax_weights(scores, valid, spec.k, spec.explore), None, None, None
     summary = (weights.unsqueeze(2) * slots).sum(dim=1)
     saved = (slots, query, key_weight, weights, active, total, delta_index, unit, norms)
     return summary, weights, scores, saved
@@ -117,13 +119,13 @@ def _relu_weights(scores: torch.Tensor, valid: torch.Tensor | None, k: int, eps:
     return shifted / (total + eps), active, total, delta_index
 
 
-def _softmax_weights(scores: torch.Tensor, valid: torch.Tensor | None, k: int) -> torch.Tensor:
+def _softmax_weights(scores: torch.Tensor, valid: torch.Tensor | None, k: int, explore: int) -> torch.Tensor:
     """``sparsify.softmax_topk_weights``, without the autograd graph."""
     masked = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
-    top = masked.topk(min(k, scores.shape[1]), dim=1)
-    keep = torch.isfinite(top.values)
-    logits = torch.where(keep, top.values, torch.finfo(scores.dtype).min)
-    return torch.zeros_like(scores).scatter(1, top.indices, torch.softmax(logits, dim=1) * keep)
+    values, index = top_k_and_explored(masked, k, explore)
+    keep = torch.isfinite(values)
+    logits = torch.where(keep, values, torch.finfo(scores.dtype).min)
+    return torch.zeros_like(scores).scatter(1, index, torch.softmax(logits, dim=1) * keep)
 
 
 class SparseAttention(torch.autograd.Function):

@@ -111,13 +111,15 @@ def sparse_attention_weights_reference(scores: torch.Tensor, k: int, eps: float 
     return torch.stack(rows)
 
 
-def softmax_topk_weights(scores: torch.Tensor, k: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+def softmax_topk_weights(scores: torch.Tensor, k: int, valid: torch.Tensor | None = None,
+                         explore: int = 0) -> torch.Tensor:
     """A softmax over the K largest valid scores of each row (B, C); every other entry gets weight 0.
 
     Exactly min(K, valid count) non-zero weights, as with the ReLU rule, but the gradient with respect to
     the scores is the softmax's, bounded whatever the gaps between scores (no 1/Σ(a − δ) factor near ties).
     Padding is marked by ``valid`` (B, C) or, without it, by ``-inf`` scores; a row with no valid entry
-    gets all zeros.
+    gets all zeros. With ``explore`` = R > 0 the last R columns (exploration candidates) always take part
+    in the softmax, and the K largest are chosen among the first C − R.
 
     Example::
 
@@ -130,24 +132,37 @@ def softmax_topk_weights(scores: torch.Tensor, k: int, valid: torch.Tensor | Non
     if valid is None:
         valid = torch.isfinite(scores)
     masked = scores.masked_fill(~valid, float("-inf"))
-    top = masked.topk(min(k, scores.shape[1]), dim=1)
-    keep = torch.isfinite(top.values)
+    values, index = top_k_and_explored(masked, k, explore)
+    keep = torch.isfinite(values)
     # padding becomes the lowest finite value: exp() gives exact zeros, and a row with no valid entry gets
     # finite uniform weights that ``keep`` then zeroes (no inf or NaN enters the backward pass)
-    logits = torch.where(keep, top.values, torch.finfo(scores.dtype).min)
+    logits = torch.where(keep, values, torch.finfo(scores.dtype).min)
     weights = torch.softmax(logits, dim=1) * keep
-    return torch.zeros_like(scores).scatter(1, top.indices, weights)
+    return torch.zeros_like(scores).scatter(1, index, weights)
 
 
-def softmax_topk_weights_reference(scores: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_and_explored(masked: torch.Tensor, k: int, explore: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values and column indices (B, K' + R) of the K largest of the first C − R scores and of the last R
+    (padding as -inf); the entries a top-K softmax with R exploration candidates runs over."""
+    searched = masked.shape[1] - explore
+    top = masked[:, :searched].topk(min(k, searched), dim=1)
+    if not explore:
+        return top.values, top.indices
+    explored = torch.arange(searched, masked.shape[1], device=masked.device).expand(masked.shape[0], -1)
+    return torch.cat([top.values, masked[:, searched:]], dim=1), torch.cat([top.indices, explored], dim=1)
+
+
+def softmax_topk_weights_reference(scores: torch.Tensor, k: int, explore: int = 0) -> torch.Tensor:
     """The slow twin of ``softmax_topk_weights``: one row at a time, the K best by a full sort; padding as
-    ``-inf`` scores."""
+    ``-inf`` scores; the last ``explore`` columns always take part."""
     rows = []
+    searched = scores.shape[1] - explore
     for row in scores:
         out = torch.zeros_like(row)
-        valid = torch.isfinite(row).nonzero().flatten()
-        if len(valid):
-            chosen = valid[row[valid].sort(descending=True).indices[:k]]
+        valid = torch.isfinite(row[:searched]).nonzero().flatten()
+        chosen = valid[row[valid].sort(descending=True).indices[:k]]
+        chosen = torch.cat([chosen, searched + torch.isfinite(row[searched:]).nonzero().flatten()])
+        if len(chosen):
             out = out.index_put((chosen,), torch.softmax(row[chosen], dim=0))
         rows.append(out)
     return torch.stack(rows)
