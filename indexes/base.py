@@ -63,6 +63,16 @@ class MIPSIndex(ABC):
         self._count = 0
         self._device: torch.device | None = None
         self._dtype: torch.dtype | None = None
+        self.check_finite = True
+
+    def trust_inputs(self) -> "MIPSIndex":
+        """Skip the NaN/Inf check of every ``add`` and ``search`` (the shape, dtype and device checks stay).
+
+        The check reads every value and, on a GPU, waits for it (a host sync per call); a caller that
+        guarantees finite keys and queries, or checks them once for many calls, turns it off. Returns self.
+        """
+        self.check_finite = False
+        return self
 
     # ---- availability -------------------------------------------------------------------------
     @classmethod
@@ -239,7 +249,7 @@ class MIPSIndex(ABC):
                 f"{what} are {tensor.dtype} on {tensor.device}, but this index holds {self._dtype} on "
                 f"{self._device}; convert them explicitly"
             )
-        if not bool(torch.isfinite(tensor).all()):
+        if self.check_finite and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{what} contain NaN or Inf")
 
 

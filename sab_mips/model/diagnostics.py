@@ -9,7 +9,9 @@
   attending step, i.e. the long-range skip connections SAB exists for (0: the model attends only to what
   truncated BPTT would reach anyway).
 
-Sums stay tensors during the pass (no per-step host sync); ``as_metrics`` reads them once.
+Each attention step only keeps references to its (detached) ids, scores and weights; ``as_metrics``
+computes everything in a few batched ops at the end of the pass, so logging them with every update costs
+almost nothing.
 Shapes: B batch, C candidates, K = k_top.
 """
 from __future__ import annotations
@@ -18,43 +20,48 @@ import torch
 
 
 class AttentionDiagnostics:
-    """Accumulates the three diagnostics over one pass; see the module docstring."""
+    """Collects one pass's attention steps and written slots; ``as_metrics`` turns them into the three
+    diagnostics of the module docstring."""
 
     def __init__(self, k_top: int, k_att: int, k_trunc: int) -> None:
         self.k_top, self.k_att, self.k_trunc = k_top, k_att, k_trunc
-        self.min_gap_sum: torch.Tensor | None = None
-        self.max_slot_norm: torch.Tensor | None = None
-        self.old_weight: torch.Tensor | float = 0.0
-        self.total_weight: torch.Tensor | float = 0.0
+        self.slots: list[torch.Tensor] = []
+        self.steps: list[int] = []
+        self.ids: list[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []
+        self.weights: list[torch.Tensor] = []
 
-    @torch.no_grad()
     def slot(self, h: torch.Tensor) -> None:
         """A slot (B, H) was written."""
-        norm = h.norm(dim=1).max()
-        self.max_slot_norm = norm if self.max_slot_norm is None else torch.maximum(self.max_slot_norm, norm)
+        self.slots.append(h.detach())
 
-    @torch.no_grad()
     def attention(self, t: int, ids: torch.Tensor, scores: torch.Tensor, weights: torch.Tensor) -> None:
         """Attention step t over candidates ids (B, C) (-1 pads) with scores and weights (B, C)."""
-        valid = ids >= 0
-        if scores.shape[1] > self.k_top:
-            masked = scores.masked_fill(~valid, float("-inf"))
-            delta = masked.topk(self.k_top + 1, dim=1).values[:, self.k_top :]  # (B, 1)
-            usable = torch.isfinite(delta).squeeze(1)  # sequences with more than K slots
-            gaps = (torch.relu(masked - delta.masked_fill(~torch.isfinite(delta), 0.0)) * valid).sum(dim=1)
-            gap = gaps.masked_fill(~usable, float("inf")).min()
-            self.min_gap_sum = gap if self.min_gap_sum is None else torch.minimum(self.min_gap_sum, gap)
-        written = (ids + 1) * self.k_att - 1  # slot j is written after step (j + 1)·k_att − 1
-        old = valid & (t - written > self.k_trunc)
-        self.old_weight = self.old_weight + (weights * old).sum()
-        self.total_weight = self.total_weight + (weights * valid).sum()
+        self.steps.append(t)
+        self.ids.append(ids)
+        self.scores.append(scores.detach())
+        self.weights.append(weights.detach())
 
+    @torch.no_grad()
     def as_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        if self.min_gap_sum is not None and bool(torch.isfinite(self.min_gap_sum)):
-            out["min_gap_sum"] = float(self.min_gap_sum)
-        if self.max_slot_norm is not None:
-            out["max_slot_norm"] = float(self.max_slot_norm)
-        if float(self.total_weight) > 0:
-            out["old_attention"] = float(self.old_weight) / float(self.total_weight)
+        if self.slots:
+            out["max_slot_norm"] = float(torch.stack(self.slots).norm(dim=2).max())
+        if not self.steps or len({i.shape[1] for i in self.ids}) != 1:
+            return out
+        ids, scores, weights = torch.stack(self.ids), torch.stack(self.scores), torch.stack(self.weights)  # (S, B, C)
+        valid = ids >= 0
+        if scores.shape[2] > self.k_top:
+            masked = scores.masked_fill(~valid, float("-inf"))
+            delta = masked.topk(self.k_top + 1, dim=2).values[..., self.k_top :]  # (S, B, 1)
+            usable = torch.isfinite(delta).squeeze(2)  # more than K slots to choose from
+            gaps = (torch.relu(masked - delta.masked_fill(~torch.isfinite(delta), 0.0)) * valid).sum(dim=2)
+            if bool(usable.any()):
+                out["min_gap_sum"] = float(gaps[usable].min())
+        steps = torch.tensor(self.steps, device=ids.device).view(-1, 1, 1)
+        written = (ids + 1) * self.k_att - 1  # slot j is written after step (j + 1)·k_att − 1
+        old = valid & (steps - written > self.k_trunc)
+        total = float((weights * valid).sum())
+        if total > 0:
+            out["old_attention"] = float((weights * old).sum()) / total
         return out

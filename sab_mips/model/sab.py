@@ -92,8 +92,9 @@ class _ForwardState:
     def __init__(self, model: "SABLSTM", x: torch.Tensor, retrieval: str, replay: torch.Tensor | None,
                  record: bool, audit_every: int, collect_queries: bool, diagnostics: bool) -> None:
         cfg = model.config
-        B, H = x.shape[0], cfg.hidden_size
-        self.memory = SlotMemory(B, H, device=x.device, dtype=x.dtype)
+        B, T, H = x.shape[0], x.shape[1], cfg.hidden_size
+        # the whole pass's slots fit from the start: no buffer regrowth (and its copies) along the sequence
+        self.memory = SlotMemory(B, H, device=x.device, dtype=x.dtype, capacity=max(1, T // cfg.k_att))
         self.index: MIPSIndex | None = None
         self.exact_index: MIPSIndex | None = None  # the audits' reference: the same keys, searched exactly
         self.replay = replay
@@ -411,6 +412,9 @@ class SABLSTM(nn.Module):
                 return state.replayed(step, count + state.explore), query
             start = time.perf_counter()
             _, ids = state.index.search(query.detach(), count)
+            # The index checked this pass's first keys and query for NaN/Inf; checking every call would read
+            # every value again (and sync with a GPU) at each step: inputs are validated once per pass.
+            state.index.trust_inputs()
             # One canonical order (newest slot first, padding last) for every backend: an approximate index
             # that returns the exact candidate set then gives bit-identical results to exact search, so a
             # difference between runs measures missed candidates and not summation order.
