@@ -8,7 +8,7 @@ applications ``bench`` and ``cli``. ``indexes`` (the retrieval backends) is a pa
 """
 from .errors import UserError
 from .model import (MODEL_FIELDS, MODELS, SCORERS, AttentionRecord, DenseAttentionLSTM, LSTMBaseline, SABConfig,
-                    SABLSTM, SABOutput, build_model)
+                    SABLayer, SABLSTM, SABOutput, SABState, build_model)
 from .ops import sparse_attention_weights
 from .tasks import TASKS, get_task
 from .training import Trainer, TrainConfig, evaluate, load_run, train
@@ -23,7 +23,9 @@ __all__ = [
     "MODEL_FIELDS",
     "SABConfig",
     "SABLSTM",
+    "SABLayer",
     "SABOutput",
+    "SABState",
     "SCORERS",
     "TASKS",
     "TrainConfig",

@@ -35,12 +35,12 @@ def test_replace_moves_options_that_followed_the_preset():
 def test_the_paper_preset_builds_the_paper_model():
     torch.manual_seed(0)
     model = build_model(SABConfig(preset="paper", input_size=3, output_size=2, hidden_size=4))
-    assert type(model.scorer).__name__ == "DotScorer"
+    assert type(model.layer.scorer).__name__ == "DotScorer"
     assert "sparsifier='relu'" in repr(model) and "forget_bias=0.0" in repr(model)
     torch.manual_seed(0)
     biased = build_model(SABConfig(preset="paper", forget_bias=1.0, input_size=3, output_size=2, hidden_size=4))
-    torch.testing.assert_close(biased.cell.bias_ih[4:8] - model.cell.bias_ih[4:8], torch.ones(4))
-    torch.testing.assert_close(biased.cell.bias_ih[:4], model.cell.bias_ih[:4])
+    torch.testing.assert_close(biased.layer.cell.bias_ih[4:8] - model.layer.cell.bias_ih[4:8], torch.ones(4))
+    torch.testing.assert_close(biased.layer.cell.bias_ih[:4], model.layer.cell.bias_ih[:4])
 
 
 @pytest.mark.parametrize("model", ["lstm", "tbptt"])
@@ -88,3 +88,15 @@ def test_resuming_a_run_saved_before_presets_from_the_command_line(tmp_path, cap
             save_checkpoint(run / name, state)
     assert main(["train", "--run-dir", str(run), "--resume", "--steps", "2", "--no-progress"]) == 0
     assert "steps=2" in capsys.readouterr().out
+
+
+def test_weights_saved_before_the_layer_split_load():
+    """Runs saved before SABLSTM held an SABLayer have "cell.*" and "scorer.*" at the top level."""
+    torch.manual_seed(0)
+    model = build_model(SABConfig(preset="paper", input_size=3, output_size=2, hidden_size=4))
+    old = {k.replace("layer.", "", 1): v for k, v in model.state_dict().items()}
+    assert "cell.weight_ih" in old and "scorer.query_proj.weight" in old
+    torch.manual_seed(1)
+    fresh = build_model(SABConfig(preset="paper", input_size=3, output_size=2, hidden_size=4))
+    fresh.load_state_dict(old)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

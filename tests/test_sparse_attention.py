@@ -85,10 +85,10 @@ def test_model_with_fused_steps_equals_plain_steps_and_the_reference(preset, ret
     model = build_model(SABConfig(preset=preset, input_size=3, output_size=4, hidden_size=6, attn_dim=5, k_top=2,
                                   k_att=1, k_trunc=4, retrieval=retrieval, k_cand=4), dtype=torch.float64)
     x = torch.randn(3, 40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    assert model.use_fused and "attention='fused'" in repr(model)
+    assert model.layer.use_fused and "attention='fused'" in repr(model)
     fused = outputs_and_grads(model, x, model, input_grad=True)
     record = model.run(x, record=True).record
-    model.use_fused = False
+    model.layer.use_fused = False
     assert "attention='plain (use_fused=False)'" in repr(model)
     assert_same(fused, outputs_and_grads(model, x, model, input_grad=True), 1e-10, relative=True)
     reference = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=record.candidate_ids),
@@ -98,7 +98,7 @@ def test_model_with_fused_steps_equals_plain_steps_and_the_reference(preset, ret
 
 def test_scorers_without_a_fused_step_say_so():
     model = build_model(SABConfig(scorer="additive", input_size=3, output_size=2, hidden_size=4))
-    assert not model.use_fused and "no fused step" in repr(model)
+    assert not model.layer.use_fused and "no fused step" in repr(model)
 
 
 @pytest.mark.parametrize("scorer", ["dot", "cosine"])
@@ -118,7 +118,7 @@ def test_exploring_model_equals_the_reference_with_its_recorded_candidates(score
     fused = outputs_and_grads(model, x, lambda inp: model.run(inp, replay=replay).logits, input_grad=True)
     torch.manual_seed(5)  # the same draws: the recorded pass itself
     assert_same(fused, outputs_and_grads(model, x, model, input_grad=True), 1e-12, relative=True)
-    model.use_fused = False
+    model.layer.use_fused = False
     assert_same(fused, outputs_and_grads(model, x, lambda inp: model.run(inp, replay=replay).logits, input_grad=True),
                 1e-10, relative=True)
     reference = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=replay),

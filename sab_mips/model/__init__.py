@@ -1,14 +1,17 @@
 """The model layer: SAB, its baselines, their slow twin and their config; nothing of training or the CLI.
 
-``scorers`` (attention scores), ``record`` (what a pass attended to), ``sab`` (SAB-LSTM and the dense
-baseline), ``baselines`` (full and truncated BPTT), ``reference`` (the slow twin), ``registry``
-(``build_model``), ``config`` (``SABConfig``).
+``layer`` (``SABLayer``: SAB as a recurrent layer, features and a state), ``state`` (``SABState``, carried
+across calls), ``sab`` (SAB-LSTM = layer + head, and the dense baseline), ``engine`` (the memory-bounded
+training step), ``scorers``, ``record`` (what a pass attended to), ``diagnostics``, ``baselines`` (full and
+truncated BPTT), ``reference`` (the slow twins), ``registry`` (``build_model``), ``config`` (``SABConfig``).
 """
 from .baselines import LSTMBaseline
 from .config import MODEL_DOCS, MODEL_FIELDS, SCORERS, SABConfig, check_retrieval
+from .layer import SABLayer
 from .record import AttentionRecord
 from .registry import MODELS, build_model
 from .sab import DenseAttentionLSTM, SABLSTM, SABOutput
+from .state import SABState
 
 __all__ = ["AttentionRecord", "DenseAttentionLSTM", "LSTMBaseline", "MODELS", "MODEL_DOCS", "MODEL_FIELDS",
-           "SABConfig", "SABLSTM", "SABOutput", "SCORERS", "build_model", "check_retrieval"]
+           "SABConfig", "SABLSTM", "SABLayer", "SABOutput", "SABState", "SCORERS", "build_model", "check_retrieval"]

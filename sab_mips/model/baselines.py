@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import SABConfig
 from .inputs import check_input
-from .sab import add_forget_bias
+from .layer import add_forget_bias
 
 
 class LSTMBaseline(nn.Module):

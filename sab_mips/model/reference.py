@@ -38,11 +38,11 @@ def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor 
     for t in range(T):
         if not dense and t % cfg.k_trunc == 0:
             h, c = h.detach(), c.detach()
-        h, c = model.cell(x[:, t], (h, c))
+        h, c = model.layer.cell(x[:, t], (h, c))
         h_hat, s = h, torch.zeros_like(h)
         if t % cfg.attend_every == 0 and slots:
             memory = torch.stack(slots, dim=1)  # (B, N, H), the whole memory, in the graph
-            scores = model.scorer(h, memory)  # (B, N)
+            scores = model.layer.scorer(h, memory)  # (B, N)
             if dense:
                 weights = torch.softmax(scores, dim=1)
             else:

@@ -113,6 +113,40 @@ class SlotMemory:
         summary, weights, scores, _ = attend_forward(_gather(self._buffers.values, ids), query, key_weight, valid, spec)
         return summary, weights, scores
 
+    @property
+    def token(self) -> torch.Tensor | None:
+        """The latest write's token (None before any write in the graph). Backpropagating into it (with a
+        zero gradient) runs the backward of every write, also of slots that nothing in the graph read yet:
+        their gradient may have been deposited from outside the graph (``rewound``)."""
+        return self._token
+
+    def detached(self) -> "SlotMemory":
+        """The same slots as constants: reads from the returned memory give no gradient to what came before.
+
+        The slot values are shared (later writes land in the same buffer); the gradient buffer and the
+        token start afresh, so a backward through an earlier graph cannot reach what is written after.
+        """
+        out = SlotMemory.__new__(SlotMemory)
+        out._buffers, out.times, out._token = _SlotBuffers(self._buffers.values), list(self.times), None
+        return out
+
+    def rewound(self, size: int) -> "SlotMemory":
+        """This memory as it was when it held ``size`` slots, sharing its buffers and accumulated gradients.
+
+        The memory-bounded engine re-runs a chunk of the sequence from its start: the chunk's writes land
+        on the same slots again (with the same values), its reads of older slots deposit gradient in the
+        shared gradient buffer, and the gradient that later chunks deposited on the chunk's own slots is
+        handed to them when their writes run backward.
+        """
+        if not 0 <= size <= self.size:
+            raise ValueError(f"cannot rewind a memory of {self.size} slots to {size}")
+        out = SlotMemory.__new__(SlotMemory)
+        values = self._buffers.values
+        # a fresh token, so that reads of the older slots (before any write of the re-run) reach the buffer
+        token = torch.zeros((), device=values.device, dtype=values.dtype, requires_grad=True)
+        out._buffers, out.times, out._token = self._buffers, self.times[:size], token
+        return out
+
     def _ensure_capacity(self, needed: int) -> None:
         B, capacity, H = self._buffers.values.shape
         if needed <= capacity:
