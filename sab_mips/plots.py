@@ -208,3 +208,19 @@ def plot_recall_vs_time(rows: list[dict[str, Any]], dataset: str, path: str | Pa
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path, dpi=110)
+
+
+def plot_long_sequences(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Two log-log panels from ``sab-mips bench long``: milliseconds per time step and peak memory against
+    T, one line per model (rows that were not run are left out)."""
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        done = sorted((r for r in rows if r["model"] == model and "seconds" in r), key=lambda r: r["T"])
+        if done:
+            style = dict(marker="o", color=f"C{i}", label=model)
+            ax_time.plot([r["T"] for r in done], [r["ms_per_step"] for r in done], **style)
+            ax_mem.plot([r["T"] for r in done], [r["peak_gib"] for r in done], **style)
+    ax_time.set(xscale="log", yscale="log", xlabel="T (time steps)", ylabel="ms per time step", title="time per step")
+    ax_mem.set(xscale="log", yscale="log", xlabel="T (time steps)", ylabel="peak resident memory (GiB)",
+               title="peak memory of one update")
+    return _finish(fig, (ax_time, ax_mem), path, "one training update, full sequence", dpi=100)

@@ -132,3 +132,37 @@ def test_streaming_with_a_detached_state_keeps_the_memory_and_cuts_the_gradient(
     second.sum().backward()
     assert x.grad[:, :15].abs().sum() == 0 and x.grad[:, 15:].abs().sum() > 0
     assert state.memory.size == 30  # the first window's slots stayed readable
+
+
+def test_predict_in_chunks_equals_run():
+    model = make(preset="paper", retrieval="faiss:Flat", k_att=1)
+    model.eval()
+    x, _ = data(T=33)
+    out = model.predict(x, chunk=5, record=True)
+    torch.testing.assert_close(out.logits, model.run(x).logits.detach(), rtol=0, atol=1e-12)
+    assert out.record.candidate_ids.shape[0] == 32
+
+
+def test_training_uses_the_engine_as_configured(tmp_path):
+    from sab_mips import TrainConfig, Trainer
+    from sab_mips.training.rundir import read_metrics
+
+    model_cfg = SABConfig(preset="paper", hidden_size=8, k_top=2, k_att=2, k_trunc=3, attn_dim=8)
+    base = dict(task="copy", T=8, batch_size=3, steps=3, eval_every=3, eval_batches=1, seed=1)
+    losses = {}
+    for engine in ("off", "on"):
+        trainer = Trainer(model_cfg, TrainConfig(**base, engine=engine, engine_chunk=6), tmp_path / engine, progress=False)
+        assert trainer.uses_engine(28) == (engine == "on")
+        trainer.run()
+        losses[engine] = [r["loss"] for r in read_metrics(tmp_path / engine / "metrics.jsonl") if r["split"] == "train"]
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-5)
+    auto = Trainer(model_cfg, TrainConfig(**base), tmp_path / "auto", progress=False)
+    assert not auto.uses_engine(1999) and auto.uses_engine(2000)
+
+
+def test_engine_on_needs_sab(tmp_path):
+    from sab_mips import TrainConfig, Trainer
+    from sab_mips.errors import UserError
+
+    with pytest.raises(UserError, match="engine 'on' needs model 'sab'"):
+        Trainer(SABConfig(model="lstm", hidden_size=8), TrainConfig(task="copy", T=3, engine="on"), tmp_path)

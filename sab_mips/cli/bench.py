@@ -6,7 +6,7 @@ import importlib
 
 from ..bench import BENCHMARKS
 
-HELP = "benchmarks: 'bench step|retrieval|heavy ...'"
+HELP = "benchmarks: 'bench step|retrieval|heavy|long ...'"
 DESCRIPTION = "Run a benchmark; arguments after its name go to it (see 'sab-mips bench step --help')."
 
 

@@ -106,6 +106,17 @@ class SABLSTM(nn.Module):
         record = state.attention_record() if options.get("record") else None
         return SABOutput(logits, record, state.stats, queries, state.diagnostics, loss)
 
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, chunk: int = 1000, **options) -> SABOutput:
+        """``run`` without a graph, the sequence fed to the layer ``chunk`` steps at a time: memory holds the
+        slots and the logits, never all T steps' features (evaluation at any length)."""
+        check_input(self, x, self.config.input_size)
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        state = self.layer.initial_state(x.shape[0], device=x.device, dtype=x.dtype, steps=x.shape[1], **options)
+        logits = [self.head(self.layer(x[:, a : a + chunk], state)[0]) for a in range(0, x.shape[1], chunk)]
+        return self.output(torch.cat(logits, dim=1), state, options)
+
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                          chunk: int = 1000, **options) -> SABOutput:
         """The loss of ``loss_fn(logits, y)`` and its gradient in every parameter's ``.grad`` (accumulated, as

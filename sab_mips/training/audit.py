@@ -14,24 +14,25 @@ def gradient_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return dot / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else float("nan")
 
 
-def exact_gradient_cosine(model: torch.nn.Module, exact_loss: Callable[[], torch.Tensor]) -> float:
-    """Cosine between the gradient now in ``model``'s parameters and the gradient of ``exact_loss()``.
+def exact_gradient_cosine(model: torch.nn.Module, exact_backward: Callable[[], object]) -> float:
+    """Cosine between the gradient now in ``model``'s parameters and the one ``exact_backward()`` leaves.
 
-    ``exact_loss`` runs the same batch with exact retrieval (e.g. ``model.run(x, retrieval="exact")``);
-    its gradient is computed, compared, and the original gradient is put back, so the caller's update is
-    unchanged.
+    ``exact_backward`` runs the same batch with exact retrieval and backpropagates it (e.g.
+    ``lambda: loss(model.run(x, retrieval="exact").logits, y).backward()``, or the memory-bounded
+    ``model.forward_backward(x, y, loss, retrieval="exact")``); its gradient is compared, and the original
+    gradient is put back, so the caller's update is unchanged.
 
     Example::
 
         >>> loss.backward()          # the approximate gradient
-        >>> exact_gradient_cosine(model, lambda: task.loss(model.run(x, retrieval="exact").logits, y))
+        >>> exact_gradient_cosine(model, lambda: task.loss(model.run(x, retrieval="exact").logits, y).backward())
         0.9993
     """
     params = dict(model.named_parameters())
     approx = {n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None}
     for p in params.values():
         p.grad = None
-    exact_loss().backward()
+    exact_backward()
     exact = {n: p.grad.detach() for n, p in params.items() if p.grad is not None}
     for name, p in params.items():
         p.grad = approx.get(name)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config_base import Config, non_negative_int, option, positive_int, require
+from ..config_base import Config, choice, non_negative_int, option, positive_int, require
 
 # TrainConfig fields a resumed run may change: budgets, and measurements that do not alter the updates
 EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
+ENGINES = ("auto", "on", "off")
+ENGINE_MIN_STEPS = 2000  # engine="auto": SAB sequences at least this long train with the memory-bounded engine
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class TrainConfig(Config):
     grad_cosine_every: int = option(50, "SAB-MIPS with an approximate index: every n-th update, one extra forward "
                                         "and backward with exact candidates gives the cosine between approximate "
                                         "and exact gradients; 0: never.")
+    engine: str = option("auto", f"SAB: the memory-bounded training step (forward without a graph, reverse sweep "
+                                 f"over chunks; the same gradients): on, off, or auto (on for sequences of "
+                                 f"{ENGINE_MIN_STEPS} steps or more).")
+    engine_chunk: int = option(1000, "steps the engine re-runs at once in its backward sweep (memory of one "
+                                     "chunk's graph against Python overhead).")
     init_from: str | None = option(None, "a run directory (or checkpoint file) whose weights and Adam state start "
                                          "this run (warm start; None: initialise from the seed). Its model must "
                                          "have the same parameter shapes; T, retrieval, k_cand, k_top, k_att, "
@@ -38,6 +45,8 @@ class TrainConfig(Config):
 
     def __post_init__(self) -> None:
         require(isinstance(self.task, str), f"task must be a task name, got {self.task!r}")
+        choice("engine", self.engine, ENGINES)
+        positive_int("engine_chunk", self.engine_chunk)
         for name in ("T", "batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every"):
             positive_int(name, getattr(self, name))
         if self.eval_T is not None:

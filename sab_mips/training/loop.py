@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..model import SABLSTM, SABConfig
 from ..tasks import batch_generator
 from .audit import exact_gradient_cosine
-from .config import TrainConfig
+from .config import ENGINE_MIN_STEPS, TrainConfig
 from .evaluate import evaluate
 from .memories import dump_memories
 from .numerics import flush_denormals
@@ -62,6 +62,9 @@ class Trainer:
         self.eval_T = train_cfg.eval_T or train_cfg.T
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = self.saved_step = -1
+        if train_cfg.engine == "on" and not (isinstance(self.model, SABLSTM) and self.model.retrieves):
+            raise UserError(f"engine 'on' needs model 'sab' (truncation is what lets it bound memory), got "
+                            f"'{self.model_cfg.model}'")
         reason = self.model.audit_skip_reason() if self.model.retrieves else None
         self.note = None if reason is None else f"retrieval audits {reason}"
         self.audited = self.model.retrieves and reason is None
@@ -119,20 +122,33 @@ class Trainer:
         t0 = time.perf_counter()
         x, y = task.make_batch(cfg.T, cfg.batch_size, batch_generator(cfg.seed, self.step, "train"))
         extra: dict[str, float] = {}
-        if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
-            out = model.run(x, audit_every=cfg.audit_every if self.audited else 0, diagnostics=True)
+        audit_every = cfg.audit_every if self.audited else 0
+        if self.uses_engine(x.shape[1]):
+            self.optimizer.zero_grad(set_to_none=True)
+            out = model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, audit_every=audit_every,
+                                         diagnostics=True)
             logits = out.logits
-            extra = {**out.diagnostics.as_metrics(), **(out.stats.as_metrics() if model.retrieves else {})}
+
+            def exact_backward() -> None:
+                model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, retrieval="exact")
         else:
-            logits = model(x)
-        loss = task.loss(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
+                out = model.run(x, audit_every=audit_every, diagnostics=True)
+                logits = out.logits
+            else:
+                out, logits = None, model(x)
+            loss = task.loss(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+
+            def exact_backward() -> None:
+                task.loss(model.run(x, retrieval="exact").logits, y).backward()
+        if out is not None:
+            extra = {**out.diagnostics.as_metrics(), **(out.stats.as_metrics() if model.retrieves else {})}
         audit_seconds = extra.pop("audit_seconds", 0.0)
         if self.audited and cfg.grad_cosine_every and (self.step + 1) % cfg.grad_cosine_every == 0:
             t_cos = time.perf_counter()
-            extra["grad_cosine"] = exact_gradient_cosine(
-                model, lambda: task.loss(model.run(x, retrieval="exact").logits, y))
+            extra["grad_cosine"] = exact_gradient_cosine(model, exact_backward)
             audit_seconds += time.perf_counter() - t_cos
         # max_norm=inf still returns the norm, which is worth logging even without clipping.
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
@@ -154,6 +170,12 @@ class Trainer:
                   "wall_time": self.elapsed, "sec_per_update": seconds}
         self.log.write(record)
         return record
+
+    def uses_engine(self, steps: int) -> bool:
+        """Whether an update on sequences of ``steps`` steps uses the memory-bounded engine (``engine``)."""
+        engine = self.train_cfg.engine
+        sab = isinstance(self.model, SABLSTM) and self.model.retrieves
+        return sab and (engine == "on" or (engine == "auto" and steps >= ENGINE_MIN_STEPS))
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate at ``eval_T`` on the run's fixed eval batches; logs and returns the metrics."""

@@ -1,0 +1,153 @@
+"""Benchmark: one training update on very long sequences: peak memory and milliseconds per time step.
+
+Settings (``--help``): B=8, H=128, k_att=10, k_trunc=10, k_top=5, copy-task inputs of T steps. Rows:
+
+* ``lstm``          the fused ``nn.LSTM`` with full BPTT;
+* ``sab-plain``     SAB through plain autograd (every step's activations kept), exact retrieval;
+* ``sab-engine``    SAB through the memory-bounded engine (``SABLSTM.forward_backward``), exact retrieval;
+* ``sab-mips``      the engine with the approximate index ``--approx``; recall@k_top against exact search
+  is measured on every ``--audit-every``-th attention step of that same update.
+
+Each row runs in a fresh child process, so its peak resident memory (``ru_maxrss``) is its own. A row whose
+projection from the same row at the largest T measured (memory and time taken as proportional to T) exceeds
+``--max-gib`` or ``--max-minutes`` is reported as "not run: projected ..." instead. Prints a table, writes
+JSON and a log-log plot. Never asserts.
+
+Run: ``sab-mips bench long --T 1000 10000 100000 1000000``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..model import SABConfig, build_model
+from ..plots import plot_long_sequences
+from ..tasks import batch_generator, get_task
+from .common import prepare, save_rows
+
+MODELS = ("lstm", "sab-plain", "sab-engine", "sab-mips")
+
+
+def measure(model_name: str, T: int, args: argparse.Namespace) -> dict:
+    """One update of ``model_name`` at length T in this process: seconds, peak RSS, and recall for sab-mips."""
+    task = get_task("copy")
+    kind = "lstm" if model_name == "lstm" else "sab"
+    fields = dict(model=kind, input_size=task.input_size, output_size=task.output_size, hidden_size=args.hidden_size)
+    if kind == "sab":
+        fields.update(preset=args.preset, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
+                      retrieval=args.approx if model_name == "sab-mips" else "exact")
+    torch.manual_seed(args.seed)
+    model = build_model(SABConfig(**fields))
+    if args.run is not None and kind == "sab":
+        from ..training import load_run
+
+        trained = load_run(args.run)[0]
+        model.load_state_dict(trained.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x, y = task.make_batch(T - 2 * task.n_digits, args.batch_size, batch_generator(args.seed, 0, "train"))
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    row = {"model": model_name, "T": T}
+    if model_name in ("sab-engine", "sab-mips"):
+        out = model.forward_backward(x, y, task.loss, chunk=args.chunk,
+                                     audit_every=args.audit_every if model_name == "sab-mips" else 0)
+        if "recall" in out.stats.as_metrics():
+            row["recall"] = out.stats.as_metrics()["recall"]
+            row["index_seconds"] = out.stats.as_metrics()["retrieval_seconds"]
+    else:
+        task.loss(model(x), y).backward()
+    optimizer.step()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
+    return {**row, "seconds": seconds, "ms_per_step": 1e3 * seconds / x.shape[1], "peak_gib": peak / 2**30}
+
+
+def run_child(model_name: str, T: int, args: argparse.Namespace, argv: list[str]) -> dict:
+    """``measure`` in a fresh process (its own peak memory); a crash or a kill is reported in the row."""
+    command = [sys.executable, "-m", "sab_mips", "bench", "long", *argv, "--child", model_name, str(T)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"model": model_name, "T": T, "failed": f"exit {done.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def projected(rows: list[dict], model_name: str, T: int) -> tuple[float, float] | None:
+    """(GiB, minutes) at T from this model's largest measured T, taken as proportional to T."""
+    done = [r for r in rows if r["model"] == model_name and "seconds" in r]
+    if not done:
+        return None
+    base = max(done, key=lambda r: r["T"])
+    return base["peak_gib"] * T / base["T"], base["seconds"] * T / base["T"] / 60
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'model':11s} {'T':>8s} {'ms/step':>9s} {'peak GiB':>9s} {'recall':>7s}  note"]
+    for r in rows:
+        if "seconds" in r:
+            recall = f"{r['recall']:.4f}" if "recall" in r else "-"
+            lines.append(f"{r['model']:11s} {r['T']:8d} {r['ms_per_step']:9.3f} {r['peak_gib']:9.2f} {recall:>7s}")
+        else:
+            lines.append(f"{r['model']:11s} {r['T']:8d} {'-':>9s} {'-':>9s} {'-':>7s}  {r.get('skipped') or r.get('failed')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="sab-mips bench long", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--T", type=lambda s: int(float(s)), nargs="+", default=[1000, 10000, 100000, 1000000],
+                        help="sequence lengths (time steps)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--k-att", type=int, default=10)
+    parser.add_argument("--k-trunc", type=int, default=10)
+    parser.add_argument("--k-top", type=int, default=5)
+    parser.add_argument("--preset", default="paper", help="SAB preset (default: paper)")
+    parser.add_argument("--approx", default="faiss:IVF256,nprobe=16", metavar="FACTORY_STRING",
+                        help="the index of the sab-mips rows")
+    parser.add_argument("--run", type=Path, help="take SAB's weights from this trained run (default: a fresh model)")
+    parser.add_argument("--chunk", type=int, default=1000, help="engine chunk (steps re-run at once)")
+    parser.add_argument("--audit-every", type=int, default=100, help="sab-mips: audit every n-th attention step")
+    parser.add_argument("--max-gib", type=float, default=20.0, help="skip rows projected to need more memory")
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="skip rows projected to take longer")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/long.json"), help="JSON output file")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "T"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if min(args.T) < 2 * get_task("copy").n_digits + 1 or args.batch_size < 1 or args.chunk < 1:
+        parser.error("--T must exceed 20 (the copy task's digits), --batch-size and --chunk must be >= 1")
+    prepare(args.threads)
+    if args.child:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), args)))
+        return 0
+    parent_argv = [a for a in argv if a != "--child"]
+    print(f"long-sequence update: B={args.batch_size} H={args.hidden_size} k_att={args.k_att} k_trunc={args.k_trunc} "
+          f"k_top={args.k_top}, approx {args.approx}, {args.threads} thread(s), torch {torch.__version__}")
+    rows: list[dict] = []
+    for T in sorted(args.T):
+        for model_name in args.models:
+            guess = projected(rows, model_name, T)
+            if guess is not None and (guess[0] > args.max_gib or guess[1] > args.max_minutes):
+                rows.append({"model": model_name, "T": T, "skipped": f"not run: projected {guess[0]:.1f} GiB, "
+                                                                      f"{guess[1]:.0f} min"})
+            else:
+                rows.append(run_child(model_name, T, args, parent_argv))
+            print(format_table(rows[-1:]).splitlines()[1], flush=True)
+    print(format_table(rows))
+    save_rows(args, rows)
+    print(f"wrote {plot_long_sequences(rows, args.out.with_suffix('.png'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

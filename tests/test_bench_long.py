@@ -1,0 +1,26 @@
+"""``sab-mips bench long`` end to end at tiny lengths (its timings are not checked here)."""
+import json
+
+from sab_mips.bench.long import projected
+from sab_mips.cli import main
+
+
+def test_long_benchmark_measures_each_row_in_a_child_and_skips_what_it_projects_too_big(tmp_path, capsys):
+    out = tmp_path / "long.json"
+    assert main(["bench", "long", "--T", "40", "4000", "--models", "sab-engine", "sab-mips", "--batch-size", "2",
+                 "--hidden-size", "8", "--approx", "simple-lsh:bits=8,tables=1", "--audit-every", "1",
+                 "--max-gib", "1000", "--max-minutes", "0.0001", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["T"]) for r in rows] == [("sab-engine", 40), ("sab-mips", 40), ("sab-engine", 4000),
+                                                     ("sab-mips", 4000)]
+    assert all(r["peak_gib"] > 0 and r["ms_per_step"] > 0 for r in rows[:2])
+    assert 0 <= rows[1]["recall"] <= 1 and "recall" not in rows[0]
+    assert all(r["skipped"].startswith("not run: projected") for r in rows[2:])
+    assert out.with_suffix(".png").is_file() and "peak GiB" in capsys.readouterr().out
+
+
+def test_projection_is_proportional_to_T():
+    rows = [{"model": "m", "T": 10, "seconds": 6.0, "peak_gib": 1.0}, {"model": "m", "T": 100, "seconds": 60.0,
+                                                                       "peak_gib": 2.0}]
+    assert projected(rows, "m", 1000) == (20.0, 10.0)
+    assert projected(rows, "other", 1000) is None
