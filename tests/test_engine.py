@@ -47,6 +47,7 @@ def engine_grads(model, x, y, chunk, **options):
     dict(preset="paper", scorer="official", attend_every=2),
     dict(preset="recommended"),
     dict(preset="paper", slot_value="h_hat", k_att=1, k_trunc=5),
+    dict(preset="paper", summary_to_state=False, k_att=1),
 ], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_engine_equals_plain_autograd_float64(cfg, chunk):
     model = make(**cfg)

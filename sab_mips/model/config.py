@@ -32,15 +32,17 @@ DEFAULT_TEMPERATURE = 5.0  # the cosine scorer's initial τ when ``temperature``
 
 # The options each preset sets (a field given explicitly wins). "paper" is SPEC §1.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"scorer": "dot", "sparsifier": "relu", "slot_value": "h", "forget_bias": 0.0, "explore": 0},
-    "recommended": {"scorer": "cosine", "sparsifier": "softmax", "slot_value": "h", "forget_bias": 1.0, "explore": 0},
+    "paper": {"scorer": "dot", "sparsifier": "relu", "slot_value": "h", "forget_bias": 0.0, "explore": 0,
+              "summary_to_state": True},
+    "recommended": {"scorer": "cosine", "sparsifier": "softmax", "slot_value": "h", "forget_bias": 1.0, "explore": 0,
+                    "summary_to_state": True},
 }
 PRESET_FIELDS = tuple(PRESETS["paper"])
 
 # Which SABConfig fields each model reads (besides input_size/output_size/hidden_size).
 MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "sab": ("preset", "k_top", "k_att", "attend_every", "k_trunc", "scorer", "attn_dim", "eps", "retrieval", "k_cand",
-            "sparsifier", "slot_value", "forget_bias", "temperature", "explore"),
+            "sparsifier", "slot_value", "forget_bias", "temperature", "explore", "summary_to_state"),
     "dense": ("preset", "k_att", "attend_every", "scorer", "attn_dim", "slot_value", "forget_bias", "temperature"),
     "tbptt": ("preset", "k_trunc", "forget_bias"),
     "lstm": ("preset", "forget_bias"),
@@ -78,7 +80,7 @@ class SABConfig(Config):
 
     model: str = option("sab", "one of sab, dense, tbptt, lstm.")
     preset: str = option("recommended", "paper (SPEC §1 as written) or recommended (options that train better); "
-                                        "sets every option left unset (scorer, sparsifier, slot_value, forget_bias, explore).")
+                                        "sets every option left unset (scorer, sparsifier, slot_value, forget_bias, explore, summary_to_state).")
     input_size: int = option(10, "per-step input features (set by the task).")
     output_size: int = option(10, "per-step output classes (set by the task).")
     hidden_size: int = option(128, "H, the LSTM state size.")
@@ -104,6 +106,10 @@ class SABConfig(Config):
                                              "initialisation). None: the preset's.")
     temperature: float | None = option(None, f"initial τ of the cosine scorer, learned (None: "
                                              f"{DEFAULT_TEMPERATURE}); only with scorer cosine.")
+    summary_to_state: bool | None = option(None, "true: the paper's h_t = ĥ_t + s_t, the summary enters the "
+                                                  "recurrent state; false: h_t = ĥ_t, the summary reaches only the "
+                                                  "output head [h_t ; s_t] (attention cannot then build a chain of "
+                                                  "short skips through recent slots). None: the preset's.")
     explore: int | None = option(None, "R: in training, each attention step also attends to R slots drawn at random "
                                        "from the whole memory (the softmax runs over the top K and these R), so "
                                        "slots that top-K never selects still get gradient; 0: off. Needs the "
@@ -131,6 +137,7 @@ class SABConfig(Config):
             require(self.temperature is None, f"temperature applies to scorer cosine only, not {self.scorer!r}")
         require(isinstance(self.eps, (int, float)) and self.eps > 0, f"eps must be > 0, got {self.eps!r}")
         non_negative_int("explore", self.explore, "0: off")
+        require(isinstance(self.summary_to_state, bool), f"summary_to_state must be true or false, got {self.summary_to_state!r}")
         require(self.explore == 0 or self.sparsifier == "softmax",
                 f"explore={self.explore} needs the softmax sparsifier (the relu rule gives weight only to the top "
                 f"K), got sparsifier {self.sparsifier!r}")

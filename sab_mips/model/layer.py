@@ -10,7 +10,7 @@ One step t, in the order of the code below:
 3. exact re-scoring      a_i = score(ĥ_t, m_i) for the C candidates, in the autograd graph
 4. sparsifier            w = ReLU(a − δ) / (Σ ReLU(a − δ) + ε), δ the (K+1)-th score (``sparsify``), or the
                          top-K softmax of the recommended preset
-5. summary and update    s_t = Σ_i w_i m_i,  h_t = ĥ_t + s_t
+5. summary and update    s_t = Σ_i w_i m_i,  h_t = ĥ_t + s_t (or h_t = ĥ_t: ``summary_to_state`` false)
 6. memory write          every k_att steps h_t (or ĥ_t, ``slot_value``) becomes a new slot (not detached)
 
 The recurrent chain (h, c) is detached at every step t with t % k_trunc == 0 (global step count: chunks
@@ -190,7 +190,7 @@ class SABLayer(nn.Module):
             state = self.initial_state(B, device=x.device, dtype=x.dtype, steps=T)
         state.projection = self.scorer.projection() if self.scorer.supports_mips else None
         state.explore = cfg.explore if self.training and self.retrieves else 0
-        stores_h_hat = cfg.slot_value == "h_hat"
+        stores_h_hat, to_state = cfg.slot_value == "h_hat", cfg.summary_to_state
         # The input half of every step's gates in one matmul, outside the time loop.
         cell = self.cell
         input_gates = nn.functional.linear(x, cell.weight_ih, cell.bias_ih + cell.bias_hh)  # (B, T, 4H)
@@ -210,7 +210,7 @@ class SABLayer(nn.Module):
             h, s = h_hat, no_summary
             if t % cfg.attend_every == 0 and state.memory.size > 0:
                 s = self._attend(h_hat, state, t)
-                h = h_hat + s
+                h = h_hat + s if to_state else h_hat
             hs.append(h)
             ss.append(s)
             if (t + 1) % cfg.k_att == 0:

@@ -56,7 +56,7 @@ def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor 
                     else:
                         weights = sparse_attention_weights_reference(scores, cfg.k_top, cfg.eps)
             s = (weights.unsqueeze(2) * memory).sum(dim=1)
-            h = h + s
+            h = h + s if cfg.summary_to_state else h
             step += 1
         features.append(torch.cat([h, s], dim=1))
         if (t + 1) % cfg.k_att == 0:
