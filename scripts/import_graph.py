@@ -32,6 +32,7 @@ APPLICATIONS = ("benchmarks", "experiments")  # folders of scripts and results: 
 LAYERS: dict[str, int] = {
     "sab_mips.errors": 0,
     "sab_mips.io": 1, "sab_mips.config_base": 1,  # atomic files; the config dataclasses' shared behaviour
+    "sab_mips.devices": 1,  # choosing the device
     "sab_mips.ops": 2,  # pure tensor functions and small autograd functions
     "sab_mips.retrieval": 3,  # measuring retrieval: recall, attention mass, timing, recorded memories, tuning
     "sab_mips.model": 4, "sab_mips.tasks": 4,  # modules and models; the tasks (independent of each other)

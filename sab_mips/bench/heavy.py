@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import DEVICE_HELP, resolve_device, synchronize
 from ..errors import UserError
 from ..model import build_model, check_retrieval
 from ..tasks import batch_generator
@@ -46,11 +47,13 @@ class HeavyUpdate:
         """(seconds of the update, seconds of it spent in the index) with ``retrieval``."""
         self.model.load_state_dict(self.initial)
         self.optimizer.state.clear()
+        synchronize(self.x.device)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model.run(self.x, retrieval=retrieval)
         self.loss_fn(out.logits, self.y).backward()
         self.optimizer.step()
+        synchronize(self.x.device)
         seconds = time.perf_counter() - start
         return seconds, out.stats.search_seconds + out.stats.add_seconds
 
@@ -62,7 +65,8 @@ class HeavyUpdate:
         return {"recall": metrics.get("recall", 1.0), "mass_recovered": metrics.get("mass_recovered", 1.0)}
 
 
-def build_update(run: Path, T: int, batch_size: int, k_att: int | None) -> tuple[HeavyUpdate, int]:
+def build_update(run: Path, T: int, batch_size: int, k_att: int | None,
+                 device: torch.device = torch.device("cpu")) -> tuple[HeavyUpdate, int]:
     """The run's model (k_att replaced if given) on one eval batch at length T; and slots per sequence."""
     model, task, model_cfg, train_cfg, _ = load_run(run)
     if model_cfg.model != "sab":
@@ -74,13 +78,13 @@ def build_update(run: Path, T: int, batch_size: int, k_att: int | None) -> tuple
     task.check_T(T)
     x, y = task.make_batch(T, batch_size, batch_generator(train_cfg.seed, 0, "eval"))
     slots = x.shape[1] // model.config.k_att
-    return HeavyUpdate(model, task.loss, x, y), slots
+    return HeavyUpdate(model.to(device), task.loss, x.to(device), y.to(device)), slots
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for T in args.T:
-        update, slots = build_update(args.run, T, args.batch_size, args.k_att)
+        update, slots = build_update(args.run, T, args.batch_size, args.k_att, resolve_device(args.device))
         update.time(args.retrieval[0])  # warm-up
         times = {spec: [] for spec in args.retrieval}
         in_index = {spec: [] for spec in args.retrieval}
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="timed updates per setting, interleaved")
     parser.add_argument("--audit-every", type=int, default=200, help="audit every n-th attention step")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/heavy.json"), help="JSON output file")
     args = parser.parse_args(argv)
     if min(args.T) < 1 or args.rounds < 1 or args.batch_size < 1 or args.audit_every < 1:

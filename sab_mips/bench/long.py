@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from ..devices import DEVICE_HELP, resolve_device, synchronize
 from ..model import SABConfig, build_model
 from ..plots import plot_long_sequences
 from ..tasks import batch_generator, get_task
+from ..training import load_run
 from .common import prepare, save_rows
 
 MODELS = ("lstm", "sab-plain", "sab-engine", "sab-mips")
@@ -46,12 +48,14 @@ def measure(model_name: str, T: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = build_model(SABConfig(**fields))
     if args.run is not None and kind == "sab":
-        from ..training import load_run
-
         trained = load_run(args.run)[0]
         model.load_state_dict(trained.state_dict())
+    device = resolve_device(args.device)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     x, y = task.make_batch(T - 2 * task.n_digits, args.batch_size, batch_generator(args.seed, 0, "train"))
+    x, y = x.to(device), y.to(device)
+    synchronize(device)
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     row = {"model": model_name, "T": T}
@@ -64,7 +68,11 @@ def measure(model_name: str, T: int, args: argparse.Namespace) -> dict:
     else:
         task.loss(model(x), y).backward()
     optimizer.step()
+    synchronize(device)
     seconds = time.perf_counter() - start
+    row["device"] = str(device)
+    if device.type == "cuda":
+        row["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
     return {**row, "seconds": seconds, "ms_per_step": 1e3 * seconds / x.shape[1], "peak_gib": peak / 2**30}
 
@@ -121,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=60.0, help="skip rows projected to take longer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/long.json"), help="JSON output file")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from ..devices import DEVICE_HELP, resolve_device, synchronize
 from ..model import SABConfig, build_model
+from ..model.config import PRESETS
 from .common import prepare, save_rows
 
 
@@ -43,24 +45,27 @@ class TrainingStep:
     def seconds(self) -> float:
         self.model.load_state_dict(self.initial)
         self.optimizer.state.clear()
+        synchronize(self.x.device)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(self.x)
         loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]), self.y.reshape(-1))
         loss.backward()
         self.optimizer.step()
+        synchronize(self.x.device)  # on CUDA, wait for the queued kernels: they are the step's time
         return time.perf_counter() - start
 
 
 def build_steps(lengths: list[int], models: list[str], batch_size: int, hidden_size: int, k_att: int,
-                k_top: int, k_trunc: int, attend_every: int, seed: int) -> dict[tuple[str, int], TrainingStep]:
+                k_top: int, k_trunc: int, attend_every: int, seed: int, preset: str = "paper",
+                device: torch.device = torch.device("cpu")) -> dict[tuple[str, int], TrainingStep]:
     steps = {}
     for T in lengths:
         g = torch.Generator().manual_seed(seed)
-        x = torch.nn.functional.one_hot(torch.randint(0, 10, (batch_size, T), generator=g), 10).float()
-        y = torch.randint(0, 10, (batch_size, T), generator=g)
+        x = torch.nn.functional.one_hot(torch.randint(0, 10, (batch_size, T), generator=g), 10).float().to(device)
+        y = torch.randint(0, 10, (batch_size, T), generator=g).to(device)
         for name in models:
-            fields = dict(model=name, input_size=10, output_size=10, hidden_size=hidden_size)
+            fields = dict(model=name, preset=preset, input_size=10, output_size=10, hidden_size=hidden_size)
             if name in ("sab", "dense"):
                 fields.update(k_att=k_att, attend_every=attend_every)
             if name == "sab":
@@ -68,7 +73,7 @@ def build_steps(lengths: list[int], models: list[str], batch_size: int, hidden_s
             if name in ("sab", "tbptt"):
                 fields.update(k_trunc=k_trunc)
             torch.manual_seed(seed)
-            steps[name, T] = TrainingStep(build_model(SABConfig(**fields)), x, y)
+            steps[name, T] = TrainingStep(build_model(SABConfig(**fields)).to(device), x, y)
     return steps
 
 
@@ -123,16 +128,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed updates per setting, interleaved across settings (medians reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--preset", default="paper", choices=tuple(PRESETS), help="SAB's preset (default: paper)")
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/step.json"), help="JSON output file")
     args = parser.parse_args(argv)
     if min(args.T) < 1 or args.rounds < 1 or args.batch_size < 1:
         parser.error("--T, --rounds and --batch-size must be >= 1")
     prepare(args.threads)
     print(f"training-step benchmark: B={args.batch_size} H={args.hidden_size} k_att={args.k_att} "
-          f"k_top={args.k_top} k_trunc={args.k_trunc} attend_every={args.attend_every}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"k_top={args.k_top} k_trunc={args.k_trunc} attend_every={args.attend_every}, preset {args.preset}, "
+          f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    device = resolve_device(args.device)
     steps = build_steps(sorted(args.T), args.models, args.batch_size, args.hidden_size, args.k_att, args.k_top,
-                        args.k_trunc, args.attend_every, args.seed)
+                        args.k_trunc, args.attend_every, args.seed, args.preset, device)
     rows = run(steps, args.rounds)
     print(format_table(rows))
     save_rows(args, rows)

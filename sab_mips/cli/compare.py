@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..devices import DEVICE_HELP
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..model import SABConfig, check_retrieval
@@ -53,6 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="report directory (runs go to DIR/runs/)")
     parser.add_argument("--config", metavar="FILE", help="JSON config shared by all runs (as for train)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             run_dir = out / "runs" / (name if seeds is None else f"{name}-seed{seed}")
             resume = (run_dir / CHECKPOINT_FILE).is_file()
             summary = train(model_cfg.replace(retrieval=spec), train_cfg.replace(seed=seed), run_dir,
-                            resume=resume, progress=not args.no_progress)
+                            resume=resume, progress=not args.no_progress, device=args.device)
             print(("resumed " if resume else "") + format_summary(summary))
             rows[label] = {"run_dir": str(run_dir), "retrieval": spec, "seed": seed,
                            **summarize_run(run_dir, primary)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..devices import DEVICE_HELP, resolve_device
 from ..errors import UserError
 from ..training import evaluate, load_run
 from ..training.rundir import METRICS_FILE, MetricsLog
@@ -19,6 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, help="number of batches (default: the run's eval_batches)")
     parser.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch_size)")
     parser.add_argument("--seed", type=int, help="seed of the eval stream (default: the run's seed)")
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
     parser.add_argument("--retrieval", metavar="FACTORY_STRING",
                         help="SAB: search with this index instead of the trained one, e.g. exact or "
                              "faiss:HNSW32,efSearch=128 (indexes are rebuilt per pass: any parameter may change)")
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{name} must be >= 1, got {value}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
+    model.to(resolve_device(args.device))
     metrics = evaluate(model, task, T, batches, seed, batch_size)
     with MetricsLog(Path(args.run) / METRICS_FILE) as log:
         log.write({"split": "eval", "step": int(state["step"]), "T": T, **metrics, "source": "sab-mips eval",

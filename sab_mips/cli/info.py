@@ -28,6 +28,16 @@ def _version(module: str) -> str:
         return f"unusable ({type(exc).__name__}: {exc})"
 
 
+def _faiss_gpus() -> str:
+    try:
+        import faiss
+    except ImportError:
+        return "faiss not installed"
+    if not hasattr(faiss, "get_num_gpus"):
+        return "CPU build of faiss (pip install faiss-gpu-cu12 or conda faiss-gpu for GPU indexes)"
+    return f"{faiss.get_num_gpus()} GPU(s) visible to faiss"
+
+
 def info_lines() -> list[str]:
     """The report, one line per fact; never raises for a missing optional component."""
     import torch
@@ -40,6 +50,10 @@ def info_lines() -> list[str]:
     else:
         lines.append("device     cpu (CUDA not available)")
     lines.append(f"threads    {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op")
+    lines.append(f"cuda       {'built for CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only build of torch'}")
+    lines.append(f"faiss gpu  {_faiss_gpus()}")
+    lines.append(f"processes  torch.distributed {'available' if torch.distributed.is_available() else 'unavailable'} "
+                 f"(torchrun --nproc-per-node=N -m sab_mips train ...)")
 
     lines.append("retrieval backends:")
     try:

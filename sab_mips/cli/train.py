@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
+from ..devices import DEVICE_HELP
 from ..errors import UserError
 from ..model import SABConfig
 from ..training import TrainConfig, format_summary, train
@@ -22,6 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     run.add_argument("--config", metavar="FILE", help='JSON config: {"model": {...}, "train": {...}} or one flat object')
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
     run.add_argument("--record-memories", metavar="FILE",
                      help="after training, save the keys W_k m_i and queries the index saw (.npz) for retrieval benchmarks")
     run.add_argument("--record-count", type=int, default=100_000, metavar="N",
@@ -32,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
     if args.record_count < 1:
         raise UserError(f"--record-count must be >= 1, got {args.record_count}")
     model_cfg, train_cfg = configs_from_args(args)
-    print(f"run {args.run_dir}: {json.dumps({'model': model_cfg.to_dict(), 'train': train_cfg.to_dict()})}")
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    if main_process:
+        print(f"run {args.run_dir}: {json.dumps({'model': model_cfg.to_dict(), 'train': train_cfg.to_dict()})}")
     summary = train(model_cfg, train_cfg, args.run_dir, resume=args.resume, progress=not args.no_progress,
-                    record_memories=args.record_memories, record_count=args.record_count)
-    print(format_summary(summary))
+                    record_memories=args.record_memories, record_count=args.record_count, device=args.device)
+    if main_process:
+        print(format_summary(summary))
     return 0

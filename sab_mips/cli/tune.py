@@ -29,6 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..devices import DEVICE_HELP
 from ..errors import UserError
 from ..io import read_json, write_json
 from ..model import SABConfig
@@ -60,6 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="directory for tune.json and tune.png")
     parser.add_argument("--live-config", metavar="FILE", help="JSON config of short live training runs (as for train)")
     parser.add_argument("--live-steps", type=int, default=0, metavar="N", help="updates per live run (0: none)")
+    parser.add_argument("--device", default="auto", help=f"where the live runs compute: {DEVICE_HELP} (default: auto)")
 
 
 def _number(key: str, text: str) -> int | float:
@@ -95,14 +97,15 @@ def parse_grid(items: list[str], from_file: dict[str, Any] | None = None) -> dic
     return grid
 
 
-def live_runs(points: list[tuple[str, int]], rows: list[dict[str, Any]], config: str, steps: int, out: Path) -> None:
+def live_runs(points: list[tuple[str, int]], rows: list[dict[str, Any]], config: str, steps: int, out: Path,
+              device: str = "auto") -> None:
     """Train ``steps`` updates per setting (every attention step audited); add live_* columns to ``rows``."""
     model_values, train_values = read_config_file(config, "--live-config file")
     train_cfg = TrainConfig.from_dict({**train_values, "steps": steps, "audit_every": 1, "grad_cosine_every": 0})
     for (spec, k_cand), row in zip(points, rows):
         model_cfg = SABConfig.from_dict({**model_values, "model": "sab", "retrieval": spec, "k_cand": k_cand})
         run_dir = out / "live" / f"{slug(spec)}-k_cand={k_cand}"
-        train(model_cfg, train_cfg, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file(), progress=False)
+        train(model_cfg, train_cfg, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file(), progress=False, device=device)
         lines = [r for r in read_metrics(run_dir / METRICS_FILE) if r.get("split") == "train"]
         recalls = [r["recall"] for r in lines if "recall" in r]
         row["live_recall"] = statistics.fmean(recalls) if recalls else 1.0
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                              args.repeats, args.seed)
     out = Path(args.out)
     if args.live_steps:
-        live_runs(points, rows, args.live_config, args.live_steps, out)
+        live_runs(points, rows, args.live_config, args.live_steps, out, args.device)
     frontier, best = pareto(rows), recommend(rows, args.target_recall)
     print(f"exact: {baseline['ms_per_query']:.4f} ms/query; S={baseline['S']} sequences of N={args.n} slots, "
           f"Q={baseline['Q']} queries ({baseline['note']})")

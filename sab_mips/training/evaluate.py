@@ -18,9 +18,11 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     flush_denormals()
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     totals: dict[str, float] = {}
     for j in range(batches):
         x, y = task.make_batch(T, batch_size, batch_generator(seed, j, "eval"))
+        x, y = x.to(device), y.to(device)
         logits = model.predict(x).logits if hasattr(model, "predict") else model(x)
         for name, value in task.metrics(logits, y).items():
             totals[name] = totals.get(name, 0.0) + value

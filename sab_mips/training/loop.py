@@ -16,6 +16,9 @@ Warm start (``TrainConfig.init_from``): a new run takes the weights and Adam sta
 checkpoint (``rundir.warm_start``), e.g. to continue a trained model at a longer T or with another
 retrieval index; its own step count, data stream and learning rate start fresh.
 
+Devices and processes: ``device`` is where the run computes (not part of its config: a run may resume on
+another device). Under ``torchrun`` every process trains its share of each batch (``distributed``).
+
 Example:
     >>> summary = train(SABConfig(model="lstm", hidden_size=16), TrainConfig(task="copy", T=5, steps=10),
     ...                 "runs/demo", progress=False)
@@ -23,17 +26,20 @@ Example:
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..devices import resolve_device
 from ..errors import UserError
 from ..model import SABLSTM, SABConfig
 from ..tasks import batch_generator
 from .audit import exact_gradient_cosine
 from .config import ENGINE_MIN_STEPS, TrainConfig
+from .distributed import Distributed
 from .evaluate import evaluate
 from .memories import dump_memories
 from .numerics import flush_denormals
@@ -51,13 +57,19 @@ class Trainer:
     """
 
     def __init__(self, model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, device: str = "auto") -> None:
         flush_denormals()
         self.run_dir = Path(run_dir)
         self.train_cfg = train_cfg
+        self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None and "LOCAL_RANK" in os.environ:
+            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per torchrun process
+        self.dist = Distributed.from_env(self.device)
+        self.dist.check_batch(train_cfg.batch_size)
         self.model, self.task, self.model_cfg = build(model_cfg, train_cfg)
+        self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr)
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
         self.eval_T = train_cfg.eval_T or train_cfg.T
         self.last_eval: dict[str, float] = {}
@@ -72,12 +84,20 @@ class Trainer:
             self._resume()
         else:
             self._start()
-        save_config(self.run_dir, self.model_cfg, self.train_cfg)
-        self.log = MetricsLog(self.run_dir / METRICS_FILE)
+        self.dist.same_parameters(self.model)
+        if self.dist.is_main:
+            save_config(self.run_dir, self.model_cfg, self.train_cfg)
+        self.log = MetricsLog(self.run_dir / METRICS_FILE) if self.dist.is_main else None
         if self.note is not None and self.step == 0:
-            self.log.write({"split": "note", "step": 0, "message": self.note})
+            self._write({"split": "note", "step": 0, "message": self.note})
+        self.dist.barrier()  # rank 0 has prepared the run directory
         # wall time of this session counts from here, added to what earlier sessions of the run spent
         self._session_start, self._earlier = time.perf_counter(), self.elapsed
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """Log a metrics line (rank 0 writes; the other processes' lines are their share of rank 0's)."""
+        if self.log is not None:
+            self.log.write(record)
 
     def _tick(self) -> None:
         self.elapsed = self._earlier + time.perf_counter() - self._session_start
@@ -92,8 +112,9 @@ class Trainer:
                             f"or choose another --run-dir")
         if self.train_cfg.init_from is not None:
             warm_start(self.model, self.optimizer, self.model_cfg, self.train_cfg.lr, self.train_cfg.init_from)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
 
     def _resume(self) -> None:
         if not self.checkpoint_path.is_file():
@@ -107,7 +128,10 @@ class Trainer:
         self.saved_step = self.step
         if state.get("rng_state") is not None:
             torch.set_rng_state(state["rng_state"])
-        truncate_metrics(self.run_dir / METRICS_FILE, self.step)
+        if state.get("cuda_rng_state") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng_state"], self.device)
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir / METRICS_FILE, self.step)
         # a finished run resumed only to record memories keeps its final evaluation
         done = [r for r in read_metrics(self.run_dir / METRICS_FILE)
                 if r.get("split") == "eval" and r.get("step") == self.step and "source" not in r]
@@ -121,6 +145,9 @@ class Trainer:
         cfg, model, task = self.train_cfg, self.model, self.task
         t0 = time.perf_counter()
         x, y = task.make_batch(cfg.T, cfg.batch_size, batch_generator(cfg.seed, self.step, "train"))
+        # every process draws the whole batch i and trains on its own rows
+        x = self.dist.shard(x, cfg.batch_size).to(self.device)
+        y = self.dist.shard(y, cfg.batch_size).to(self.device)
         extra: dict[str, float] = {}
         audit_every = cfg.audit_every if self.audited else 0
         if self.uses_engine(x.shape[1]):
@@ -131,6 +158,7 @@ class Trainer:
 
             def exact_backward() -> None:
                 model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, retrieval="exact")
+                self.dist.average_gradients(model.parameters())
         else:
             if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
                 out = model.run(x, audit_every=audit_every, diagnostics=True)
@@ -143,6 +171,8 @@ class Trainer:
 
             def exact_backward() -> None:
                 task.loss(model.run(x, retrieval="exact").logits, y).backward()
+                self.dist.average_gradients(model.parameters())
+        self.dist.average_gradients(model.parameters())
         if out is not None:
             extra = {**out.diagnostics.as_metrics(), **(out.stats.as_metrics() if model.retrieves else {})}
         audit_seconds = extra.pop("audit_seconds", 0.0)
@@ -165,10 +195,11 @@ class Trainer:
             extra["audit_seconds"] = audit_seconds
         self.step += 1
         self._tick()
-        record = {"split": "train", "step": self.step, "T": cfg.T, **task.metrics(logits.detach(), y),
+        metrics = self.dist.mean(task.metrics(logits.detach(), y), self.device)  # over the whole batch
+        record = {"split": "train", "step": self.step, "T": cfg.T, **metrics,
                   "grad_norm": float(grad_norm), "skipped_updates": self.skipped, **extra,
                   "wall_time": self.elapsed, "sec_per_update": seconds}
-        self.log.write(record)
+        self._write(record)
         return record
 
     def uses_engine(self, steps: int) -> bool:
@@ -178,23 +209,28 @@ class Trainer:
         return sab and (engine == "on" or (engine == "auto" and steps >= ENGINE_MIN_STEPS))
 
     def evaluate(self) -> dict[str, float]:
-        """Evaluate at ``eval_T`` on the run's fixed eval batches; logs and returns the metrics."""
+        """Evaluate at ``eval_T`` on the run's fixed eval batches; logs and returns the metrics (rank 0
+        evaluates; the other processes go on to the next update and wait for it there)."""
         cfg = self.train_cfg
-        self.last_eval = evaluate(self.model, self.task, self.eval_T, cfg.eval_batches, cfg.seed, cfg.batch_size)
         self.last_eval_step = self.step
-        self.log.write({"split": "eval", "step": self.step, "T": self.eval_T, **self.last_eval,
-                        "wall_time": self.elapsed})
+        if not self.dist.is_main:
+            return self.last_eval
+        self.last_eval = evaluate(self.model, self.task, self.eval_T, cfg.eval_batches, cfg.seed, cfg.batch_size)
+        self._write({"split": "eval", "step": self.step, "T": self.eval_T, **self.last_eval, "wall_time": self.elapsed})
         return self.last_eval
 
     def checkpoint(self) -> None:
-        """Write the checkpoint (atomically): weights, Adam state, step, time, configs, RNG state."""
+        """Write the checkpoint (atomically; rank 0): weights, Adam state, step, time, configs, RNG state."""
         self._tick()
+        self.saved_step = self.step
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.checkpoint_path, {
             "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
             "step": self.step, "elapsed": self.elapsed, "skipped_updates": self.skipped,
             "model_config": self.model_cfg.to_dict(), "train_config": self.train_cfg.to_dict(),
-            "rng_state": torch.get_rng_state()})
-        self.saved_step = self.step
+            "rng_state": torch.get_rng_state(),
+            "cuda_rng_state": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None})
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -206,7 +242,7 @@ class Trainer:
         try:
             with Progress(description, cfg.steps, cfg.time_budget, self.step, self.elapsed, self.progress) as bar:
                 while self.step < cfg.steps:
-                    if cfg.time_budget and self.elapsed >= cfg.time_budget:
+                    if self.dist.agree(bool(cfg.time_budget) and self.elapsed >= cfg.time_budget, self.device):
                         stopped = "time_budget"
                         break
                     line = self.train_step()
@@ -220,26 +256,28 @@ class Trainer:
                 if self.saved_step != self.step:
                     self.checkpoint()
         finally:
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
         self._tick()
         return {"run_dir": str(self.run_dir), "task": self.task.name, "model": self.model_cfg.model, "T": cfg.T,
                 "eval_T": self.eval_T, "steps": self.step, "wall_time": self.elapsed, "stopped": stopped,
-                "skipped_updates": self.skipped, "primary": primary, "eval": self.last_eval, "note": self.note}
+                "skipped_updates": self.skipped, "primary": primary, "eval": self.last_eval, "note": self.note,
+                "rank": self.dist.rank, "processes": self.dist.world, "device": str(self.device)}
 
 
 def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
           progress: bool = True, record_memories: str | Path | None = None,
-          record_count: int = 100_000) -> dict[str, Any]:
+          record_count: int = 100_000, device: str = "auto") -> dict[str, Any]:
     """Train (or resume) a run in ``run_dir``; return a summary dict (see ``format_summary``).
 
     With ``record_memories`` (an .npz path), afterwards dumps the keys and queries the model's index saw
-    for retrieval benchmarks (``dump_memories``).
+    for retrieval benchmarks (``dump_memories``; rank 0).
     """
-    trainer = Trainer(model_cfg, train_cfg, run_dir, resume=resume, progress=progress)
-    if record_memories is not None and not hasattr(trainer.model, "collect_memories"):
+    if record_memories is not None and model_cfg.model not in ("sab", "dense"):
         raise UserError(f"--record-memories needs a model with memory slots; model '{model_cfg.model}' has none")
+    trainer = Trainer(model_cfg, train_cfg, run_dir, resume=resume, progress=progress, device=device)
     summary = trainer.run()
-    if record_memories is not None:
+    if record_memories is not None and trainer.dist.is_main:
         trainer.model.eval()
         summary["memories"] = {"path": str(record_memories), **dump_memories(
             trainer.model, trainer.task, train_cfg, record_memories, record_count)}

@@ -1,0 +1,33 @@
+"""Choosing the device a run computes on, with a clear error when it is not there."""
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a usable ``torch.device``; UserError otherwise."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {spec!r}; valid: {DEVICE_HELP}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {spec!r}; valid: {DEVICE_HELP}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {spec!r}: CUDA is not available here (a CPU build of torch, or no GPU "
+                            f"visible); use --device cpu, or install a CUDA build of torch (README: GPU)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on CUDA must, or they measure only the launches)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
