@@ -13,6 +13,8 @@ import torch
 
 from indexes import MIPSIndex
 
+from ..devices import synchronize
+
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """(seconds, result) of one call of ``fn``."""
@@ -22,9 +24,12 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def search_all(index: MIPSIndex, queries: torch.Tensor, sequences: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores and ids (Q, k) of Q queries answered as Q/S batched searches of S queries."""
+    """Scores and ids (Q, k) of Q queries answered as Q/S batched searches of S queries (on CUDA, after the
+    device has finished them: a timing must include the work, not only its launch)."""
     results = [index.search(queries[j : j + sequences], k) for j in range(0, queries.shape[0], sequences)]
-    return torch.cat([s for s, _ in results]), torch.cat([i for _, i in results])
+    out = torch.cat([s for s, _ in results]), torch.cat([i for _, i in results])
+    synchronize(queries.device)
+    return out
 
 
 def time_search(index: MIPSIndex, queries: torch.Tensor, sequences: int, k: int,
