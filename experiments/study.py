@@ -1,0 +1,153 @@
+"""Run a study (several settings × seeds, the same budget) and tabulate it over seeds.
+
+    python experiments/study.py run experiments/plans/copy100.json [--parallel 2]
+    python experiments/study.py table experiments/plans/copy100.json [--at 2500 5000 10000] [--threshold 0.99]
+
+A plan is a JSON object:
+
+    {"root": "runs/copy100",                        # run directories go to ROOT/<setting>-s<seed>
+     "common": ["--task", "copy", "--T", "100"],     # flags every run gets (sab-mips train flags)
+     "settings": {"recommended": {"flags": ["--preset", "recommended"], "seeds": [0, 1, 2]},
+                  "paper": {"flags": ["--preset", "paper"], "seeds": [0, 1, 2]}}}
+
+``run`` trains every (setting, seed) with ``sab-mips train`` (one thread per run, ``--parallel`` runs at a
+time), resuming runs a previous call left unfinished, so a study can be stopped and continued. ``table``
+reads the runs' metrics.jsonl and prints a Markdown table per setting: the primary eval metric at the
+``--at`` updates (mean ± s.d., min–max, number of runs), how many runs reached ``--threshold`` and after how
+many updates, the collapses (after first passing ``--collapse-after`` the metric falls more than
+``--collapse-drop`` below its best so far), seconds per update and wall time. Runs that failed or are not
+finished count: a missing value is shown, never dropped silently.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sab_mips.tasks import get_task
+from sab_mips.training.rundir import CHECKPOINT_FILE, METRICS_FILE, read_metrics
+
+
+def load_plan(path: Path) -> dict:
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(plan.get("settings"), dict) or "root" not in plan:
+        raise SystemExit(f"{path}: a plan needs 'root' and 'settings' (see experiments/study.py)")
+    return plan
+
+
+def runs(plan: dict) -> list[tuple[str, int, Path, list[str]]]:
+    """(setting, seed, run directory, flags) of every run of the plan."""
+    out = []
+    for name, setting in plan["settings"].items():
+        for seed in setting.get("seeds", [0]):
+            flags = [*plan.get("common", []), *setting.get("flags", []), "--seed", str(seed)]
+            out.append((name, seed, Path(plan["root"]) / f"{name}-s{seed}", flags))
+    return out
+
+
+def train_one(run_dir: Path, flags: list[str]) -> int:
+    resume = ["--resume"] if (run_dir / CHECKPOINT_FILE).is_file() else []
+    log = run_dir.parent / f"{run_dir.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "sab_mips", "train", *flags, *resume, "--run-dir", str(run_dir), "--no-progress"]
+    with open(log, "a", encoding="utf-8") as f:
+        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    print(f"{run_dir}: exit {code} (log {log})", flush=True)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    todo = runs(load_plan(args.plan))
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        codes = list(pool.map(lambda r: train_one(r[2], r[3]), todo))
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+def series(run_dir: Path, primary: str) -> tuple[list[tuple[int, float]], list[dict]]:
+    records = read_metrics(run_dir / METRICS_FILE)
+    evals = sorted((r["step"], r[primary]) for r in records if r.get("split") == "eval" and "source" not in r
+                   and primary in r)
+    return evals, [r for r in records if r.get("split") == "train"]
+
+
+def value_at(evals: list[tuple[int, float]], step: int) -> float | None:
+    """The eval metric at ``step`` (the last eval at or before it, if the run got that far)."""
+    done = [v for s, v in evals if s <= step]
+    return done[-1] if done and evals[-1][0] >= step else None
+
+
+def first_reaching(evals: list[tuple[int, float]], threshold: float, higher: bool) -> int | None:
+    return next((s for s, v in evals if (v >= threshold if higher else v <= threshold)), None)
+
+
+def collapses(evals: list[tuple[int, float]], after: float, drop: float) -> int:
+    """Times the metric fell more than ``drop`` below its best so far, once it had passed ``after``."""
+    count, best, armed, down = 0, float("-inf"), False, False
+    for _, v in evals:
+        best = max(best, v)
+        armed = armed or v >= after
+        if armed and v < best - drop:
+            count += 0 if down else 1
+            down = True
+        elif v >= best - drop:
+            down = False
+    return count
+
+
+def describe(values: list[float | None]) -> str:
+    done = [v for v in values if v is not None]
+    if not done:
+        return f"– (0/{len(values)})"
+    spread = f" ± {statistics.stdev(done):.3f}" if len(done) > 1 else ""
+    return f"{statistics.fmean(done):.3f}{spread} ({min(done):.3f}–{max(done):.3f}, n={len(done)}/{len(values)})"
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    plan = load_plan(args.plan)
+    task = get_task(dict(zip(plan.get("common", [])[::2], plan.get("common", [])[1::2])).get("--task", "copy"))
+    primary, higher = task.primary, task.higher_is_better
+    header = ["setting", *[f"{primary} @ {a}" for a in args.at], f"reached {args.threshold} (updates)",
+              "collapses", "s/update", "wall (s)"]
+    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    by_setting: dict[str, list[Path]] = {}
+    for name, _, run_dir, _ in runs(plan):
+        by_setting.setdefault(name, []).append(run_dir)
+    for name, dirs in by_setting.items():
+        loaded = [series(d, primary) for d in dirs]
+        reached = [first_reaching(e, args.threshold, higher) for e, _ in loaded]
+        cells = [describe([value_at(e, a) for e, _ in loaded]) for a in args.at]
+        hit = [r for r in reached if r is not None]
+        cells.append(f"{len(hit)}/{len(dirs)}" + (f" ({', '.join(map(str, hit))})" if hit else ""))
+        cells.append(", ".join(str(collapses(e, args.collapse_after, args.collapse_drop)) for e, _ in loaded))
+        speeds = [statistics.median(r["sec_per_update"] for r in t) for _, t in loaded if t]
+        cells.append(f"{statistics.fmean(speeds):.3f}" if speeds else "–")
+        walls = [t[-1]["wall_time"] for _, t in loaded if t]
+        cells.append(", ".join(f"{w:.0f}" for w in walls) or "–")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train every run of the plan (resuming unfinished ones)")
+    run.add_argument("plan", type=Path)
+    run.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    table = sub.add_parser("table", help="a Markdown table over seeds")
+    table.add_argument("plan", type=Path)
+    table.add_argument("--at", type=int, nargs="+", default=[2500, 5000, 10000], help="updates to report at")
+    table.add_argument("--threshold", type=float, default=0.99, help="the target value of the primary metric")
+    table.add_argument("--collapse-after", type=float, default=0.5)
+    table.add_argument("--collapse-drop", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    return cmd_run(args) if args.command == "run" else cmd_table(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

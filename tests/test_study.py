@@ -1,0 +1,35 @@
+"""experiments/study.py: the collapse rule and the table over seeds, on a tiny plan."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("study", ROOT / "experiments" / "study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def test_collapse_rule():
+    evals = [(100, 0.2), (200, 0.6), (300, 0.55), (400, 0.35), (500, 0.3), (600, 0.7), (700, 0.45)]
+    # passes 50% at 200; falls to 0.35 (> 0.2 below 0.6): one collapse lasting two evals; then 0.45 < 0.7 - 0.2
+    assert study.collapses(evals, after=0.5, drop=0.2) == 2
+    assert study.collapses([(1, 0.4), (2, 0.1)], after=0.5, drop=0.2) == 0  # never passed 50%
+
+
+def test_value_at_and_first_reaching():
+    evals = [(250, 0.1), (500, 0.5), (750, 0.99)]
+    assert study.value_at(evals, 600) == 0.5 and study.value_at(evals, 1000) is None
+    assert study.first_reaching(evals, 0.99, higher=True) == 750
+
+
+def test_run_and_table_on_a_tiny_plan(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({
+        "root": str(tmp_path / "runs"),
+        "common": ["--task", "copy", "--T", "3", "--hidden-size", "8", "--batch-size", "2", "--steps", "4",
+                   "--eval-every", "2", "--eval-batches", "1"],
+        "settings": {"lstm": {"flags": ["--model", "lstm"], "seeds": [0, 1]}}}))
+    assert study.main(["run", str(plan), "--parallel", "2"]) == 0
+    assert study.main(["table", str(plan), "--at", "2", "4", "8"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lstm")][0]
+    assert "n=2/2" in row and "– (0/2)" in row  # steps 2 and 4 reached by both runs, 8 by none
