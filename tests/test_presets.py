@@ -100,3 +100,17 @@ def test_weights_saved_before_the_layer_split_load():
     fresh = build_model(SABConfig(preset="paper", input_size=3, output_size=2, hidden_size=4))
     fresh.load_state_dict(old)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("model", ["sab", "lstm"])
+def test_chrono_initialisation(model):
+    torch.manual_seed(0)
+    net = build_model(SABConfig(model=model, preset="paper", chrono=50, input_size=3, output_size=2, hidden_size=64))
+    bias_ih, bias_hh = (net.layer.cell.bias_ih, net.layer.cell.bias_hh) if model == "sab" else (
+        net.lstm.bias_ih_l0, net.lstm.bias_hh_l0)
+    forget, inputs = bias_ih[64:128], bias_ih[:64]
+    assert (forget >= 0).all() and (forget <= torch.log(torch.tensor(49.0)) + 1e-6).all() and forget.std() > 0.3
+    torch.testing.assert_close(inputs, -forget)
+    assert (bias_hh[:128] == 0).all()
+    with pytest.raises(ValueError, match="chrono sets the forget biases itself"):
+        SABConfig(preset="paper", chrono=50, forget_bias=1.0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import SABConfig
 from .inputs import check_input
-from .layer import add_forget_bias
+from .lstm_init import init_gate_biases
 
 
 class LSTMBaseline(nn.Module):
@@ -29,7 +29,7 @@ class LSTMBaseline(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.lstm = nn.LSTM(config.input_size, config.hidden_size, batch_first=True, **factory)
         self.head = nn.Linear(config.hidden_size, config.output_size, **factory)
-        add_forget_bias(self.lstm.bias_ih_l0, config.forget_bias)
+        init_gate_biases(self.lstm.bias_ih_l0, self.lstm.bias_hh_l0, config.forget_bias, config.chrono)
 
     def extra_repr(self) -> str:
         return f"k_trunc={self.config.k_trunc}" if self.truncate else "full BPTT"
@@ -37,7 +37,7 @@ class LSTMBaseline(nn.Module):
     def reset_parameters(self) -> None:
         self.lstm.reset_parameters()
         self.head.reset_parameters()
-        add_forget_bias(self.lstm.bias_ih_l0, self.config.forget_bias)
+        init_gate_biases(self.lstm.bias_ih_l0, self.lstm.bias_hh_l0, self.config.forget_bias, self.config.chrono)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Per-step logits (B, T, O); with ``return_attention`` the record is None (no attention)."""

@@ -32,20 +32,20 @@ DEFAULT_TEMPERATURE = 5.0  # the cosine scorer's initial τ when ``temperature``
 
 # The options each preset sets (a field given explicitly wins). "paper" is SPEC §1.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"scorer": "dot", "sparsifier": "relu", "slot_value": "h", "forget_bias": 0.0, "explore": 0,
-              "summary_to_state": True},
-    "recommended": {"scorer": "cosine", "sparsifier": "softmax", "slot_value": "h", "forget_bias": 1.0, "explore": 0,
-                    "summary_to_state": True},
+    "paper": {"scorer": "dot", "sparsifier": "relu", "slot_value": "h", "forget_bias": 0.0, "chrono": 0,
+              "explore": 0, "summary_to_state": True},
+    "recommended": {"scorer": "cosine", "sparsifier": "softmax", "slot_value": "h", "forget_bias": 1.0, "chrono": 0,
+                    "explore": 0, "summary_to_state": True},
 }
 PRESET_FIELDS = tuple(PRESETS["paper"])
 
 # Which SABConfig fields each model reads (besides input_size/output_size/hidden_size).
 MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "sab": ("preset", "k_top", "k_att", "attend_every", "k_trunc", "scorer", "attn_dim", "eps", "retrieval", "k_cand",
-            "sparsifier", "slot_value", "forget_bias", "temperature", "explore", "summary_to_state"),
-    "dense": ("preset", "k_att", "attend_every", "scorer", "attn_dim", "slot_value", "forget_bias", "temperature"),
-    "tbptt": ("preset", "k_trunc", "forget_bias"),
-    "lstm": ("preset", "forget_bias"),
+            "sparsifier", "slot_value", "forget_bias", "chrono", "temperature", "explore", "summary_to_state"),
+    "dense": ("preset", "k_att", "attend_every", "scorer", "attn_dim", "slot_value", "forget_bias", "chrono", "temperature"),
+    "tbptt": ("preset", "k_trunc", "forget_bias", "chrono"),
+    "lstm": ("preset", "forget_bias", "chrono"),
 }
 MODEL_DOCS = {
     "sab": "LSTM with sparse attentive backtracking (top-k attention over its own past states)",
@@ -80,7 +80,7 @@ class SABConfig(Config):
 
     model: str = option("sab", "one of sab, dense, tbptt, lstm.")
     preset: str = option("recommended", "paper (SPEC §1 as written) or recommended (options that train better); "
-                                        "sets every option left unset (scorer, sparsifier, slot_value, forget_bias, explore, summary_to_state).")
+                                        "sets every option left unset (scorer, sparsifier, slot_value, forget_bias, chrono, explore, summary_to_state).")
     input_size: int = option(10, "per-step input features (set by the task).")
     output_size: int = option(10, "per-step output classes (set by the task).")
     hidden_size: int = option(128, "H, the LSTM state size.")
@@ -104,6 +104,9 @@ class SABConfig(Config):
                                           "None: the preset's.")
     forget_bias: float | None = option(None, "added to the LSTM's forget-gate bias at initialisation (0: PyTorch's "
                                              "initialisation). None: the preset's.")
+    chrono: int | None = option(None, "chrono initialisation of the LSTM gates (Tallec & Ollivier 2018): forget "
+                                      "biases log(U(1, chrono - 1)), input biases their negatives; 0: off. "
+                                      "Excludes forget_bias. None: the preset's.")
     temperature: float | None = option(None, f"initial τ of the cosine scorer, learned (None: "
                                              f"{DEFAULT_TEMPERATURE}); only with scorer cosine.")
     summary_to_state: bool | None = option(None, "true: the paper's h_t = ĥ_t + s_t, the summary enters the "
@@ -130,6 +133,10 @@ class SABConfig(Config):
         choice("slot_value", self.slot_value, SLOT_VALUES)
         require(isinstance(self.forget_bias, (int, float)) and not isinstance(self.forget_bias, bool),
                 f"forget_bias must be a number, got {self.forget_bias!r}")
+        non_negative_int("chrono", self.chrono, "0: off")
+        require(self.chrono == 0 or self.chrono >= 3, f"chrono must be 0 (off) or >= 3 (T_max), got {self.chrono}")
+        require(self.chrono == 0 or self.forget_bias == 0,
+                f"chrono sets the forget biases itself: give forget_bias 0 with chrono={self.chrono}")
         if self.scorer == "cosine":
             require(isinstance(self.temperature, (int, float)) and self.temperature > 0,
                     f"temperature must be > 0, got {self.temperature!r}")

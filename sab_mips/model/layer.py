@@ -48,16 +48,9 @@ from ..ops.sparse_attention import AttentionSpec
 from ..ops.sparsify import softmax_topk_weights, sparse_attention_weights
 from .config import SABConfig, check_retrieval
 from .inputs import check_input
+from .lstm_init import init_gate_biases
 from .scorers import make_scorer
 from .state import SABState
-
-
-def add_forget_bias(bias_ih: torch.Tensor, value: float) -> None:
-    """Add ``value`` to the forget-gate quarter of an LSTM's input bias (gate order i, f, g, o), in place."""
-    if value:
-        H = bias_ih.shape[0] // 4
-        with torch.no_grad():
-            bias_ih[H : 2 * H] += value
 
 
 def _lstm_step(input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, recurrent_weight: torch.Tensor):
@@ -95,7 +88,7 @@ class SABLayer(nn.Module):
         self.cell = nn.LSTMCell(config.input_size, H, **factory)
         self.scorer = make_scorer(config.scorer, H, config.attn_dim, config.temperature, **factory)
         self.retrieval = config.retrieval  # index factory string; ``set_retrieval`` changes it after training
-        add_forget_bias(self.cell.bias_ih, config.forget_bias)
+        init_gate_biases(self.cell.bias_ih, self.cell.bias_hh, config.forget_bias, config.chrono)
         # One fused autograd node per attention step (``ops.sparse_attention``) where the scorer has one;
         # False runs the plain autograd path, its slow twin (the tests compare the two).
         self.use_fused = self.scorer.supports_mips
@@ -133,7 +126,7 @@ class SABLayer(nn.Module):
         c = self.config
         return (f"preset={c.preset!r}, k_top={c.k_top}, k_att={c.k_att}, attend_every={c.attend_every}, "
                 f"k_trunc={c.k_trunc}, scorer={c.scorer!r}, sparsifier={c.sparsifier!r}, slot_value={c.slot_value!r}, "
-                f"forget_bias={c.forget_bias}, explore={c.explore}, retrieval={self.retrieval!r}, k_cand={c.candidates}, "
+                f"forget_bias={c.forget_bias}, chrono={c.chrono}, explore={c.explore}, retrieval={self.retrieval!r}, k_cand={c.candidates}, "
                 f"attention={self.attention_path()!r}")
 
     def attention_path(self) -> str:
@@ -148,7 +141,7 @@ class SABLayer(nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        add_forget_bias(self.cell.bias_ih, self.config.forget_bias)
+        init_gate_biases(self.cell.bias_ih, self.cell.bias_hh, self.config.forget_bias, self.config.chrono)
 
     # ---- state and forward ------------------------------------------------------------------------
     def initial_state(self, batch_size: int, *, device=None, dtype=None, retrieval: str | None = None,
