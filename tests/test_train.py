@@ -184,3 +184,23 @@ def test_trainer_steps_evaluates_and_checkpoints(tmp_path):
     assert summary["steps"] == 5 and trainer.saved_step == 5
     resumed = Trainer(model_cfg, cfg.replace(steps=6), tmp_path, resume=True, progress=False)
     assert resumed.step == 5 and resumed.run()["steps"] == 6
+
+
+def test_learning_rate_schedules():
+    from sab_mips.training.config import learning_rate
+
+    constant = TrainConfig(lr=0.01, steps=101)
+    assert [learning_rate(constant, s) for s in (0, 50, 100)] == [0.01, 0.01, 0.01]
+    warm = TrainConfig(lr=0.01, steps=101, warmup=10)
+    assert learning_rate(warm, 0) == pytest.approx(0.001) and learning_rate(warm, 9) == pytest.approx(0.01)
+    cosine = TrainConfig(lr=0.01, steps=101, lr_schedule="cosine", min_lr=0.1)
+    assert learning_rate(cosine, 0) == pytest.approx(0.01) and learning_rate(cosine, 50) == pytest.approx(0.0055)
+    assert learning_rate(cosine, 100) == pytest.approx(0.001)
+
+
+def test_the_schedule_reaches_the_optimizer_and_the_log(tmp_path):
+    model_cfg, cfg = _cfgs("lstm", steps=4, lr_schedule="cosine", min_lr=0.5, lr=0.01)
+    train(model_cfg, cfg, tmp_path, progress=False)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.005)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))

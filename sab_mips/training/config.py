@@ -1,6 +1,7 @@
 """``TrainConfig``: a training run, frozen and validated; saved with every run and checkpoint."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..config_base import Config, choice, non_negative_int, option, positive_int, require
@@ -8,6 +9,7 @@ from ..config_base import Config, choice, non_negative_int, option, positive_int
 # TrainConfig fields a resumed run may change: budgets, and measurements that do not alter the updates
 EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
 ENGINES = ("auto", "on", "off")
+LR_SCHEDULES = ("constant", "cosine")
 ENGINE_MIN_STEPS = 2000  # engine="auto": SAB sequences at least this long train with the memory-bounded engine
 
 
@@ -20,6 +22,11 @@ class TrainConfig(Config):
     eval_T: int | None = option(None, "length used by periodic evaluation (None: same as T).")
     batch_size: int = option(64, "sequences per update.")
     lr: float = option(1e-3, "Adam learning rate.")
+    lr_schedule: str = option("constant", "constant, or cosine: the learning rate decays along a half cosine from lr "
+                                          "to lr·min_lr over the run's steps (a resume that extends steps stretches "
+                                          "what is left of it).")
+    warmup: int = option(0, "updates over which the learning rate rises linearly from 0 to lr (0: none).")
+    min_lr: float = option(0.0, "cosine schedule: the final learning rate as a fraction of lr.")
     grad_clip: float = option(1.0, "clip the global gradient norm to this value (0: no clipping).")
     steps: int = option(2000, "maximum number of updates.")
     time_budget: float = option(0.0, "stop after this many seconds of training (0: no limit); checked between updates.")
@@ -46,6 +53,9 @@ class TrainConfig(Config):
     def __post_init__(self) -> None:
         require(isinstance(self.task, str), f"task must be a task name, got {self.task!r}")
         choice("engine", self.engine, ENGINES)
+        choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        non_negative_int("warmup", self.warmup, "0: none")
+        require(0 <= self.min_lr <= 1, f"min_lr must be in [0, 1] (a fraction of lr), got {self.min_lr!r}")
         positive_int("engine_chunk", self.engine_chunk)
         for name in ("T", "batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every"):
             positive_int(name, getattr(self, name))
@@ -57,3 +67,12 @@ class TrainConfig(Config):
         require(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         require(self.time_budget >= 0, f"time_budget must be >= 0, got {self.time_budget!r}")
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of update ``step`` (0-based): warm-up, then constant or a half cosine to lr·min_lr."""
+    scale = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+    if cfg.lr_schedule == "cosine":
+        progress = min(1.0, step / max(1, cfg.steps - 1))
+        scale *= cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * scale

@@ -38,7 +38,7 @@ from ..errors import UserError
 from ..model import SABLSTM, SABConfig
 from ..tasks import batch_generator
 from .audit import exact_gradient_cosine
-from .config import ENGINE_MIN_STEPS, TrainConfig
+from .config import ENGINE_MIN_STEPS, TrainConfig, learning_rate
 from .distributed import Distributed
 from .evaluate import evaluate
 from .memories import dump_memories
@@ -184,7 +184,10 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         # SAB's normalised sparsifier has gradients ~1/gap when the top K+1 scores nearly tie, and they
         # can overflow; an update with a non-finite gradient is skipped (and counted), never applied.
+        lr = learning_rate(cfg, self.step)
         if bool(torch.isfinite(grad_norm)):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             self.optimizer.step()
         else:
             self.skipped += 1
@@ -197,7 +200,7 @@ class Trainer:
         self._tick()
         metrics = self.dist.mean(task.metrics(logits.detach(), y), self.device)  # over the whole batch
         record = {"split": "train", "step": self.step, "T": cfg.T, **metrics,
-                  "grad_norm": float(grad_norm), "skipped_updates": self.skipped, **extra,
+                  "grad_norm": float(grad_norm), "lr": lr, "skipped_updates": self.skipped, **extra,
                   "wall_time": self.elapsed, "sec_per_update": seconds}
         self._write(record)
         return record
