@@ -28,6 +28,7 @@ CASES = [
     dict(k_top=2, k_att=2, k_trunc=4, slot_value="h_hat", **PAPER),
     dict(k_top=2, k_att=2, k_trunc=4, forget_bias=1.0, **PAPER),
     dict(k_top=2, k_att=2, k_trunc=4, summary_to_state=False, **PAPER),
+    dict(k_top=2, k_att=2, k_trunc=4, head_hidden=7, **PAPER),
     dict(k_top=2, k_att=2, k_trunc=4, preset="recommended"),
     dict(k_top=3, k_att=1, k_trunc=5, attend_every=2, scorer="additive", preset="recommended"),
 ]

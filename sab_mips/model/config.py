@@ -33,17 +33,19 @@ DEFAULT_TEMPERATURE = 5.0  # the cosine scorer's initial τ when ``temperature``
 # The options each preset sets (a field given explicitly wins). "paper" is SPEC §1.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"scorer": "dot", "sparsifier": "relu", "slot_value": "h", "forget_bias": 0.0, "chrono": 0,
-              "explore": 0, "summary_to_state": True},
+              "explore": 0, "summary_to_state": True, "head_hidden": 0},
     "recommended": {"scorer": "cosine", "sparsifier": "softmax", "slot_value": "h", "forget_bias": 1.0, "chrono": 0,
-                    "explore": 0, "summary_to_state": True},
+                    "explore": 0, "summary_to_state": True, "head_hidden": 0},
 }
 PRESET_FIELDS = tuple(PRESETS["paper"])
 
 # Which SABConfig fields each model reads (besides input_size/output_size/hidden_size).
 MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "sab": ("preset", "k_top", "k_att", "attend_every", "k_trunc", "scorer", "attn_dim", "eps", "retrieval", "k_cand",
-            "sparsifier", "slot_value", "forget_bias", "chrono", "temperature", "explore", "summary_to_state"),
-    "dense": ("preset", "k_att", "attend_every", "scorer", "attn_dim", "slot_value", "forget_bias", "chrono", "temperature"),
+            "sparsifier", "slot_value", "forget_bias", "chrono", "temperature", "explore", "summary_to_state",
+            "head_hidden"),
+    "dense": ("preset", "k_att", "attend_every", "scorer", "attn_dim", "slot_value", "forget_bias", "chrono", "temperature",
+              "head_hidden"),
     "tbptt": ("preset", "k_trunc", "forget_bias", "chrono"),
     "lstm": ("preset", "forget_bias", "chrono"),
 }
@@ -80,7 +82,7 @@ class SABConfig(Config):
 
     model: str = option("sab", "one of sab, dense, tbptt, lstm.")
     preset: str = option("recommended", "paper (SPEC §1 as written) or recommended (options that train better); "
-                                        "sets every option left unset (scorer, sparsifier, slot_value, forget_bias, chrono, explore, summary_to_state).")
+                                        "sets every option left unset (scorer, sparsifier, slot_value, forget_bias, chrono, explore, summary_to_state, head_hidden).")
     input_size: int = option(10, "per-step input features (set by the task).")
     output_size: int = option(10, "per-step output classes (set by the task).")
     hidden_size: int = option(128, "H, the LSTM state size.")
@@ -113,6 +115,9 @@ class SABConfig(Config):
                                                   "recurrent state; false: h_t = ĥ_t, the summary reaches only the "
                                                   "output head [h_t ; s_t] (attention cannot then build a chain of "
                                                   "short skips through recent slots). None: the preset's.")
+    head_hidden: int | None = option(None, "the output head on [h_t ; s_t]: 0, linear (the paper's); n > 0, one "
+                                           "hidden layer of n tanh units, which can read a slot's content differently "
+                                           "at different steps. None: the preset's.")
     explore: int | None = option(None, "R: in training, each attention step also attends to R slots drawn at random "
                                        "from the whole memory (the softmax runs over the top K and these R), so "
                                        "slots that top-K never selects still get gradient; 0: off. Needs the "
@@ -144,6 +149,7 @@ class SABConfig(Config):
             require(self.temperature is None, f"temperature applies to scorer cosine only, not {self.scorer!r}")
         require(isinstance(self.eps, (int, float)) and self.eps > 0, f"eps must be > 0, got {self.eps!r}")
         non_negative_int("explore", self.explore, "0: off")
+        non_negative_int("head_hidden", self.head_hidden, "0: a linear head")
         require(isinstance(self.summary_to_state, bool), f"summary_to_state must be true or false, got {self.summary_to_state!r}")
         require(self.explore == 0 or self.sparsifier == "softmax",
                 f"explore={self.explore} needs the softmax sparsifier (the relu rule gives weight only to the top "

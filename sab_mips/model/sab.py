@@ -66,7 +66,7 @@ class SABLSTM(nn.Module):
         super().__init__()
         self.config = config
         self.layer = self.layer_class(config, device=device, dtype=dtype)
-        self.head = nn.Linear(self.layer.output_size, config.output_size, device=device, dtype=dtype)
+        self.head = make_head(self.layer.output_size, config.head_hidden, config.output_size, device=device, dtype=dtype)
         # Runs saved before the layer existed hold "cell.*" and "scorer.*" at the top level.
         self._register_load_state_dict_pre_hook(_nest_layer_keys)
 
@@ -146,6 +146,14 @@ class DenseAttentionLSTM(SABLSTM):
     """Baseline: the same LSTM and memory, dense softmax attention over every slot, full BPTT."""
 
     layer_class = DenseAttentionLayer
+
+
+def make_head(features: int, hidden: int, outputs: int, device=None, dtype=None) -> nn.Module:
+    """A linear head (``hidden`` = 0), or one hidden layer of ``hidden`` tanh units."""
+    factory = {"device": device, "dtype": dtype}
+    if not hidden:
+        return nn.Linear(features, outputs, **factory)
+    return nn.Sequential(nn.Linear(features, hidden, **factory), nn.Tanh(), nn.Linear(hidden, outputs, **factory))
 
 
 def _nest_layer_keys(state_dict, prefix, *_args) -> None:
