@@ -143,6 +143,22 @@ def test_eval_with_another_retrieval(tmp_path, capsys):
     assert "valid parameters: efSearch" in capsys.readouterr().err
 
 
+def test_eval_audits_recall_and_times_steps(tmp_path, capsys):
+    """eval --audit-every: recall against exact search (1 for FAISS's exact index, below 1 for a coarse hash)
+    and the time per step, in the printed line and the metrics line."""
+    _train(tmp_path, "exact", "exact")
+    run = str(tmp_path / "exact")
+    assert main(["eval", "--run", run, "--T", "30", "--audit-every", "1", "--chunk", "7", "--retrieval", "faiss:Flat"]) == 0
+    flat = read_metrics(tmp_path / "exact" / "metrics.jsonl")[-1]
+    assert flat["recall"] == 1.0 and flat["mass_recovered"] == pytest.approx(1.0) and flat["ms_per_step"] > 0
+    assert main(["eval", "--run", run, "--T", "30", "--audit-every", "1", "--retrieval", COARSE]) == 0
+    coarse = read_metrics(tmp_path / "exact" / "metrics.jsonl")[-1]
+    assert coarse["recall"] < 1 and coarse["retrieval"] == COARSE
+    assert "recall=" in capsys.readouterr().out
+    assert main(["eval", "--run", run, "--audit-every", "-1"]) == 2
+    assert "--audit-every must be >= 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--retrieval", "nope"], "valid backends"),
     (["--retrieval", "faiss:Flat", "--scorer", "additive"], "needs the dot or cosine scorer"),

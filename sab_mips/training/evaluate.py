@@ -1,18 +1,27 @@
 """Evaluation on fixed batches of a task's eval stream (at any T: length transfer)."""
 from __future__ import annotations
 
+import time
+
 import torch
 
+from ..devices import synchronize
+from ..retrieval.stats import RetrievalStats
 from ..tasks import Task, batch_generator
 from .numerics import flush_denormals
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int, batch_size: int) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int, batch_size: int,
+             audit_every: int = 0, timed: bool = False, chunk: int = 1000) -> dict[str, float]:
     """Mean task metrics over ``batches`` fixed batches of the eval stream of ``seed``, at length T.
 
     The same (seed, T) always gives the same batches, so evaluations along a run are comparable. SAB
     models run in chunks (``SABLSTM.predict``): memory grows with the slots, not with T.
+    ``audit_every`` > 0 (models that retrieve): every n-th attention step is compared with exact search and
+    ``recall`` / ``mass_recovered`` are added. ``timed``: ``ms_per_step`` (the model's time per time step of
+    one batch, data generation excluded) and ``retrieval_seconds`` are added. ``chunk``: time steps fed to a
+    SAB model at once.
     """
     task.check_T(T)
     flush_denormals()
@@ -20,11 +29,31 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     model.eval()
     device = next(model.parameters()).device
     totals: dict[str, float] = {}
+    stats = RetrievalStats()
+    seconds = 0.0
+    options = {"audit_every": audit_every} if audit_every else {}
     for j in range(batches):
         x, y = task.make_batch(T, batch_size, batch_generator(seed, j, "eval"))
         x, y = x.to(device), y.to(device)
-        logits = model.predict(x).logits if hasattr(model, "predict") else model(x)
+        synchronize(device)
+        start = time.perf_counter()
+        if hasattr(model, "predict"):
+            out = model.predict(x, chunk=chunk, **options)
+            logits = out.logits
+            if out.stats is not None:
+                stats.merge(out.stats)
+        else:
+            logits = model(x)
+        synchronize(device)
+        seconds += time.perf_counter() - start
         for name, value in task.metrics(logits, y).items():
             totals[name] = totals.get(name, 0.0) + value
     model.train(was_training)
-    return {name: value / batches for name, value in totals.items()}
+    metrics = {name: value / batches for name, value in totals.items()}
+    if audit_every:
+        metrics.update({k: v for k, v in stats.as_metrics().items() if k in ("recall", "mass_recovered")})
+    if timed:
+        metrics["ms_per_step"] = 1000 * seconds / (batches * task.seq_len(T))
+        metrics["retrieval_seconds"] = stats.search_seconds + stats.add_seconds
+    return metrics
+
