@@ -13,8 +13,9 @@ A plan is a JSON object:
 ``run`` trains every (setting, seed) with ``sab-mips train`` (one thread per run, ``--parallel`` runs at a
 time), resuming runs a previous call left unfinished, so a study can be stopped and continued. ``table``
 reads the runs' metrics.jsonl and prints a Markdown table per setting: the primary eval metric at the
-``--at`` updates (mean ± s.d., min–max, number of runs), how many runs reached ``--threshold`` and after how
-many updates, the collapses (after first passing ``--collapse-after`` the metric falls more than
+``--at`` updates, at the end of each run (with a time budget: at equal wall-clock time) and at its best
+(mean ± s.d., min–max, number of runs), the updates done, how many runs reached ``--threshold`` and after
+how many updates, the collapses (after first passing ``--collapse-after`` the metric falls more than
 ``--collapse-drop`` below its best so far), seconds per update and wall time. Runs that failed or are not
 finished count: a missing value is shown, never dropped silently.
 """
@@ -112,7 +113,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     task = get_task(dict(zip(plan.get("common", [])[::2], plan.get("common", [])[1::2])).get("--task", "copy"))
     primary, higher = task.primary, task.higher_is_better
-    header = ["setting", *[f"{primary} @ {a}" for a in args.at], f"reached {args.threshold} (updates)",
+    header = ["setting", *[f"{primary} @ {a}" for a in args.at], f"{primary} at the end", f"best {primary}",
+              "updates done", f"reached {args.threshold} (updates)",
               "collapses", "s/update", "wall (s)"]
     print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
     by_setting: dict[str, list[Path]] = {}
@@ -122,6 +124,10 @@ def cmd_table(args: argparse.Namespace) -> int:
         loaded = [series(d, primary) for d in dirs]
         reached = [first_reaching(e, args.threshold, higher) for e, _ in loaded]
         cells = [describe([value_at(e, a) for e, _ in loaded]) for a in args.at]
+        # a time-budgeted run ends with an eval: "at the end" is the metric at equal wall-clock budget
+        cells.append(describe([e[-1][1] if e else None for e, _ in loaded]))
+        cells.append(describe([(max if higher else min)(v for _, v in e) if e else None for e, _ in loaded]))
+        cells.append(", ".join(str(t[-1]["step"]) if t else "–" for _, t in loaded))
         hit = [r for r in reached if r is not None]
         cells.append(f"{len(hit)}/{len(dirs)}" + (f" ({', '.join(map(str, hit))})" if hit else ""))
         cells.append(", ".join(str(collapses(e, args.collapse_after, args.collapse_drop)) for e, _ in loaded))

@@ -33,3 +33,6 @@ def test_run_and_table_on_a_tiny_plan(tmp_path, capsys):
     assert study.main(["table", str(plan), "--at", "2", "4", "8"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lstm")][0]
     assert "n=2/2" in row and "– (0/2)" in row  # steps 2 and 4 reached by both runs, 8 by none
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # columns: setting, @2, @4, @8, at the end, best, updates done, ...; the end is the eval at step 4
+    assert cells[4] == cells[2] and cells[6] == "4, 4"
