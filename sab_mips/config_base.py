@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import fields
@@ -44,6 +45,12 @@ def positive_int(name: str, value: Any) -> None:
 def non_negative_int(name: str, value: Any, note: str = "") -> None:
     note = f" ({note})" if note else ""
     require(is_int(value) and value >= 0, f"{name} must be an integer >= 0{note}, got {value!r}")
+
+
+def number(name: str, value: Any) -> None:
+    """A finite int or float (a JSON string or null is refused here, not as a TypeError later)."""
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            f"{name} must be a finite number, got {value!r}")
 
 
 def choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:

@@ -171,10 +171,13 @@ def test_train_refuses_bad_retrieval_options(tmp_path, capsys, flags, message):
     assert message in err and err.count("\n") == 1
 
 
-def test_audits_do_not_change_training(tmp_path):
+@pytest.mark.parametrize("explore", [0, 2])
+def test_audits_do_not_change_training(tmp_path, explore):
     """Audited and unaudited runs of an approximate index follow the same trajectory, bit for bit: the
-    measurements (extra exact searches, the extra gradient pass) never feed back into the updates."""
-    model_cfg = SABConfig(model="sab", hidden_size=8, k_top=2, k_att=1, k_trunc=3, attn_dim=6, retrieval=COARSE)
+    measurements (extra exact searches, the extra gradient pass) never feed back into the updates, not even
+    through the random draws of exploration."""
+    model_cfg = SABConfig(model="sab", hidden_size=8, k_top=2, k_att=1, k_trunc=3, attn_dim=6, retrieval=COARSE,
+                          sparsifier="softmax", explore=explore)
     base = dict(task="copy", T=8, batch_size=3, steps=6, eval_every=3, eval_batches=1, seed=1)
     train(model_cfg, TrainConfig(**base, audit_every=1, grad_cosine_every=2), tmp_path / "audited", progress=False)
     train(model_cfg, TrainConfig(**base, audit_every=0, grad_cosine_every=0), tmp_path / "plain", progress=False)

@@ -60,9 +60,9 @@ def test_fast_path_equals_reference_float32():
         torch.testing.assert_close(fast[1][name], ref[1][name], rtol=0, atol=1e-4 * scale, msg=name)
 
 
-@pytest.mark.parametrize("scorer", ["dot", "additive"])
-def test_dense_attention_equals_reference(scorer):
-    model = make(dict(k_att=2, scorer=scorer), model="dense")
+@pytest.mark.parametrize("scorer, to_state", [("dot", True), ("additive", True), ("cosine", False)])
+def test_dense_attention_equals_reference(scorer, to_state):
+    model = make(dict(k_att=2, scorer=scorer, summary_to_state=to_state), model="dense")
     assert isinstance(model, DenseAttentionLSTM)
     x = torch.randn(2, 15, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     fast = outputs_and_grads(model, x, model, input_grad=True)

@@ -117,11 +117,18 @@ def test_record_memories_writes_the_documented_npz(tmp_path):
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_record_memories_refuses_models_without_memory(tmp_path):
-    model_cfg, cfg = _cfgs("lstm", steps=1)
+@pytest.mark.parametrize("model, options", [("lstm", {}), ("dense", {}), ("sab", {"scorer": "additive"})])
+def test_record_memories_refuses_models_without_an_index(tmp_path, model, options):
+    model_cfg, cfg = _cfgs(model, steps=1)
     with pytest.raises(UserError, match="record-memories"):
-        train(model_cfg, cfg, tmp_path, progress=False, record_memories=tmp_path / "m.npz")
+        train(model_cfg.replace(**options), cfg, tmp_path, progress=False, record_memories=tmp_path / "m.npz")
     assert not (tmp_path / "checkpoint.pt").exists()  # refused before any training
+
+
+@pytest.mark.parametrize("name, value", [("lr", "1e-3"), ("grad_clip", None), ("time_budget", float("nan"))])
+def test_train_config_refuses_values_that_are_not_numbers(name, value):
+    with pytest.raises(UserError, match=f"{name} must be a finite number"):
+        TrainConfig(**{name: value})
 
 
 def test_every_task_trains_with_the_shared_loop(tmp_path):
@@ -151,6 +158,9 @@ def test_warm_start_refuses_other_parameter_shapes(tmp_path):
     train(model_cfg, cfg, tmp_path / "base", progress=False)
     with pytest.raises(UserError, match="other parameter shapes: hidden_size=8 \\(saved\\) vs 9"):
         train(model_cfg.replace(hidden_size=9), cfg.replace(init_from=str(tmp_path / "base")), tmp_path / "w",
+              progress=False)
+    with pytest.raises(UserError, match="head_hidden=0 \\(saved\\) vs 4"):
+        train(model_cfg.replace(head_hidden=4), cfg.replace(init_from=str(tmp_path / "base")), tmp_path / "w",
               progress=False)
     assert not (tmp_path / "w").exists()
     with pytest.raises(UserError, match="no checkpoint"):

@@ -45,7 +45,7 @@ MODEL_FIELDS: dict[str, tuple[str, ...]] = {
             "sparsifier", "slot_value", "forget_bias", "chrono", "temperature", "explore", "summary_to_state",
             "head_hidden"),
     "dense": ("preset", "k_att", "attend_every", "scorer", "attn_dim", "slot_value", "forget_bias", "chrono", "temperature",
-              "head_hidden"),
+              "summary_to_state", "head_hidden"),
     "tbptt": ("preset", "k_trunc", "forget_bias", "chrono"),
     "lstm": ("preset", "forget_bias", "chrono"),
 }
@@ -95,8 +95,8 @@ class SABConfig(Config):
     attn_dim: int = option(64, "d_k, width of the query/key projections of the dot and additive scorers.")
     eps: float = option(1e-7, "ε in the sparsifier's normaliser Σ ReLU(a - δ) + ε.")
     retrieval: str = option("exact", "index factory string that finds the candidate slots (SAB-MIPS), e.g. exact, "
-                                     "faiss:HNSW32,efSearch=64, alsh:K=8,L=16; anything but exact needs the dot "
-                                     "scorer.")
+                                     "faiss:HNSW32,efSearch=64, alsh:K=8,L=16; anything but exact needs a scorer an "
+                                     "index can serve (dot or cosine).")
     k_cand: int | None = option(None, "candidates retrieved per attention step, >= k_top+1 (None: k_top+1).")
     sparsifier: str | None = option(None, "relu: the paper's w = ReLU(a - δ) / (Σ ReLU(a - δ) + ε); softmax: a "
                                           "softmax over the top K scores (exactly K non-zero weights, a gradient "

@@ -36,6 +36,8 @@ def load_memories(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"cannot read memories {path}: {exc}") from None
     if keys.ndim != 2 or queries.ndim != 2 or keys.shape[1] != queries.shape[1]:
         raise UserError(f"{path}: need keys (M, d) and queries (Q, d), got {keys.shape} and {queries.shape}")
+    if keys.shape[0] == 0 or queries.shape[0] == 0:
+        raise UserError(f"{path}: holds {keys.shape[0]} keys and {queries.shape[0]} queries; both must be > 0")
     return keys, queries
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config_base import Config, choice, non_negative_int, option, positive_int, require
+from ..config_base import Config, choice, non_negative_int, number, option, positive_int, require
 
 # TrainConfig fields a resumed run may change: budgets, and measurements that do not alter the updates
 EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
@@ -52,6 +52,8 @@ class TrainConfig(Config):
 
     def __post_init__(self) -> None:
         require(isinstance(self.task, str), f"task must be a task name, got {self.task!r}")
+        for name in ("lr", "min_lr", "grad_clip", "time_budget"):
+            number(name, getattr(self, name))
         choice("engine", self.engine, ENGINES)
         choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         non_negative_int("warmup", self.warmup, "0: none")

@@ -35,7 +35,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import UserError
-from ..model import SABLSTM, SABConfig
+from ..model import MIPS_SCORERS, SABLSTM, SABConfig
 from ..tasks import batch_generator
 from .audit import exact_gradient_cosine
 from .config import ENGINE_MIN_STEPS, TrainConfig, learning_rate
@@ -44,6 +44,7 @@ from .evaluate import evaluate
 from .memories import dump_memories
 from .numerics import flush_denormals
 from .progress import Progress
+from .rng import replaying, rng_state
 from .rundir import (CHECKPOINT_FILE, METRICS_FILE, MetricsLog, build, check_resume, load_checkpoint, read_metrics,
                      save_checkpoint, save_config, truncate_metrics, warm_start)
 
@@ -150,6 +151,7 @@ class Trainer:
         y = self.dist.shard(y, cfg.batch_size).to(self.device)
         extra: dict[str, float] = {}
         audit_every = cfg.audit_every if self.audited else 0
+        rng_before = rng_state(self.device)  # the exact-gradient audit replays this pass's exploration draws
         if self.uses_engine(x.shape[1]):
             self.optimizer.zero_grad(set_to_none=True)
             out = model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, audit_every=audit_every,
@@ -157,7 +159,8 @@ class Trainer:
             logits = out.logits
 
             def exact_backward() -> None:
-                model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, retrieval="exact")
+                with replaying(rng_before, self.device):
+                    model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, retrieval="exact")
                 self.dist.average_gradients(model.parameters())
         else:
             if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
@@ -170,7 +173,8 @@ class Trainer:
             loss.backward()
 
             def exact_backward() -> None:
-                task.loss(model.run(x, retrieval="exact").logits, y).backward()
+                with replaying(rng_before, self.device):
+                    task.loss(model.run(x, retrieval="exact").logits, y).backward()
                 self.dist.average_gradients(model.parameters())
         self.dist.average_gradients(model.parameters())
         if out is not None:
@@ -276,8 +280,9 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
     With ``record_memories`` (an .npz path), afterwards dumps the keys and queries the model's index saw
     for retrieval benchmarks (``dump_memories``; rank 0).
     """
-    if record_memories is not None and model_cfg.model not in ("sab", "dense"):
-        raise UserError(f"--record-memories needs a model with memory slots; model '{model_cfg.model}' has none")
+    if record_memories is not None and (model_cfg.model != "sab" or model_cfg.scorer not in MIPS_SCORERS):
+        raise UserError(f"--record-memories needs model 'sab' with a scorer an index can serve ({', '.join(MIPS_SCORERS)}); "
+                        f"this is model '{model_cfg.model}' with scorer '{model_cfg.scorer}'")
     trainer = Trainer(model_cfg, train_cfg, run_dir, resume=resume, progress=progress, device=device)
     summary = trainer.run()
     if record_memories is not None and trainer.dist.is_main:

@@ -24,17 +24,18 @@ def dump_memories(model: torch.nn.Module, task: Task, train_cfg: TrainConfig, pa
     if not hasattr(model, "collect_memories"):
         raise UserError(f"--record-memories needs a model with memory slots (collect_memories); "
                         f"{type(model).__name__} has none")
+    device = next(model.parameters()).device
     keys: list[np.ndarray] = []
     queries: list[np.ndarray] = []
     n_keys, index = 0, 0
     while n_keys < count:
         x, _ = task.make_batch(train_cfg.T, train_cfg.batch_size, batch_generator(train_cfg.seed, index, "memories"))
-        memories = model.collect_memories(x)  # keys (B, N, d), queries (S, B, d)
+        memories = model.collect_memories(x.to(device))  # keys (B, N, d), queries (S, B, d)
         k, q = memories["keys"], memories["queries"]
         if k.shape[1] == 0:
             raise UserError(f"the model writes no memory slots at T={train_cfg.T}; nothing to record")
-        keys.append(k.reshape(-1, k.shape[-1]).float().numpy())
-        queries.append(q.reshape(-1, q.shape[-1]).float().numpy())
+        keys.append(k.reshape(-1, k.shape[-1]).float().cpu().numpy())
+        queries.append(q.reshape(-1, q.shape[-1]).float().cpu().numpy())
         n_keys += keys[-1].shape[0]
         index += 1
     arrays = dict(keys=np.concatenate(keys), queries=np.concatenate(queries), dim=np.int64(keys[0].shape[1]),

@@ -33,7 +33,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_KEYS = ("model_state", "optimizer_state", "step", "elapsed", "model_config", "train_config")
 # SABConfig fields that decide the parameter shapes: a warm start must match them (the rest may differ).
-SHAPE_FIELDS = ("model", "input_size", "output_size", "hidden_size", "scorer", "attn_dim")
+SHAPE_FIELDS = ("model", "input_size", "output_size", "hidden_size", "scorer", "attn_dim", "head_hidden")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
