@@ -1,4 +1,4 @@
-"""The task registry: synthetic long-range problems generated on the fly (SPEC §6).
+"""The task registry: synthetic long-range problems generated on the fly.
 
 Every task exposes the same small interface, so one training loop serves them all:
 

@@ -3,7 +3,7 @@
 Each model reads a subset of the fields, listed in ``MODEL_FIELDS``, so that a front end can refuse an
 option that would be ignored. The config is saved with every run and checkpoint.
 
-**Presets.** ``preset="paper"`` is SPEC §1 as written; ``preset="recommended"`` (the default) switches on
+**Presets.** ``preset="paper"`` is the paper's algorithm as written (Ke et al. 2018; steps in ``layer``); ``preset="recommended"`` (the default) switches on
 the options that measurably train better (``PRESETS``; the measurements are in ``experiments/RESULTS.md``).
 A field left at None takes its preset's value when the config is made, so a saved config always holds
 concrete values; a field given explicitly wins over the preset:
@@ -30,7 +30,7 @@ SPARSIFIERS = ("relu", "softmax")
 SLOT_VALUES = ("h", "h_hat")
 DEFAULT_TEMPERATURE = 5.0  # the cosine scorer's initial τ when ``temperature`` is not given
 
-# The options each preset sets (a field given explicitly wins). "paper" is SPEC §1.
+# The options each preset sets (a field given explicitly wins). "paper" is the paper's algorithm.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"scorer": "dot", "sparsifier": "relu", "slot_value": "h", "forget_bias": 0.0, "chrono": 0,
               "explore": 0, "summary_to_state": True, "head_hidden": 0},
@@ -81,7 +81,7 @@ class SABConfig(Config):
     """A model of the SAB family; ``sab-mips train --help`` lists the fields with their help."""
 
     model: str = option("sab", "one of sab, dense, tbptt, lstm.")
-    preset: str = option("recommended", "paper (SPEC §1 as written) or recommended (options that train better); "
+    preset: str = option("recommended", "paper (the paper's algorithm as written) or recommended (options that train better); "
                                         "sets every option left unset (scorer, sparsifier, slot_value, forget_bias, chrono, explore, summary_to_state, head_hidden).")
     input_size: int = option(10, "per-step input features (set by the task).")
     output_size: int = option(10, "per-step output classes (set by the task).")

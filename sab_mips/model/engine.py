@@ -1,4 +1,4 @@
-"""The memory-bounded engine (SPEC §5): one training step of SAB in memory that does not grow with T.
+"""The memory-bounded engine: one training step of SAB in memory that does not grow with T.
 
 Plain autograd keeps every step's activations, O(T·B·H) memory. SAB does not need them: the chain (h, c)
 is cut every ``k_trunc`` steps, so the computation splits into chunks (a whole number of truncation

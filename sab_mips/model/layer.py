@@ -16,9 +16,9 @@ One step t, in the order of the code below:
 The recurrent chain (h, c) is detached at every step t with t % k_trunc == 0 (global step count: chunks
 of a sequence fed one after another cut at the same places as the whole sequence). Gradient reaches the
 past only through the slots a step selected (the K with weight, plus, for the paper's sparsifier, the
-(K+1)-th through its score, which sets δ), and from each slot back along its own segment (SPEC §1 step 6).
+(K+1)-th through its score, which sets δ), and from each slot back along its own segment (step 6 above).
 
-Retrieval with a MIPS-servable scorer (``dot``, ``cosine``; SAB-MIPS, SPEC §2) goes through an index from
+Retrieval with a MIPS-servable scorer (``dot``, ``cosine``; SAB-MIPS) goes through an index from
 ``indexes`` built from the factory string ``self.retrieval``. It holds the keys (dot: k_i = W_k m_i, d_k-wide)
 and is searched with the query (dot: q = W_q ĥ / sqrt(d_k)): scanning d_k < H numbers per slot is what a
 search costs once N is large. The candidates are re-scored exactly from the slots m_i themselves, which is

@@ -1,4 +1,4 @@
-"""The SAB-LSTM: an ``SABLayer`` (SPEC §1, see ``layer``) and a linear head on its features [h_t ; s_t].
+"""The SAB-LSTM: an ``SABLayer`` (the algorithm: see ``layer``) and a head (linear, or one hidden layer: ``head_hidden``) on its features [h_t ; s_t].
 
 ``forward(x)`` gives per-step logits; ``run(x, ...)`` gives everything one pass can measure, passed as
 arguments and returned (``SABOutput``), never left on the module: ``retrieval=`` searches with another

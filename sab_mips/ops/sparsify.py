@@ -1,4 +1,5 @@
-"""The SAB sparsifier: keep the K largest attention scores, renormalise (SPEC §1 step 4).
+"""The SAB sparsifier: keep the K largest attention scores, renormalise (step 4 of the algorithm in
+``sab_mips/model/layer.py``).
 
 For one query with scores a_1..a_C over C candidate slots:
 

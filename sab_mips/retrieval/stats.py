@@ -1,4 +1,4 @@
-"""What approximate retrieval costs inside one forward pass: time in the index and audit sums (SPEC §2).
+"""What approximate retrieval costs inside one forward pass: time in the index and audit sums.
 
 At an audited attention step the approximate index has returned C candidates, and their scores have been
 recomputed exactly. The audit asks an exact index holding the same keys for the true top-(K+1) and

@@ -1,4 +1,4 @@
-"""The gradient audit of approximate retrieval: how far its gradient is from the exact one (SPEC §2)."""
+"""The gradient audit of approximate retrieval: how far its gradient is from the exact one."""
 from __future__ import annotations
 
 from typing import Callable
