@@ -155,6 +155,8 @@ def test_eval_audits_recall_and_times_steps(tmp_path, capsys):
     coarse = read_metrics(tmp_path / "exact" / "metrics.jsonl")[-1]
     assert coarse["recall"] < 1 and coarse["retrieval"] == COARSE
     assert "recall=" in capsys.readouterr().out
+    assert main(["eval", "--run", run, "--T", "30", "--audit-every", "1"]) == 0  # exact: says why no recall
+    assert "audit skipped: retrieval 'exact' is exact" in capsys.readouterr().out
     assert main(["eval", "--run", run, "--audit-every", "-1"]) == 2
     assert "--audit-every must be >= 0" in capsys.readouterr().err
 

@@ -28,3 +28,11 @@ def test_heavy_benchmark_writes_one_row_per_setting_and_length(tmp_path, capsys)
 def test_heavy_benchmark_refuses_a_run_without_checkpoint(tmp_path, capsys):
     assert main(["bench", "heavy", "--run", str(tmp_path), "--retrieval", COARSE]) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+def test_heavy_benchmark_refuses_an_index_the_runs_scorer_cannot_use(tmp_path, capsys):
+    model_cfg = SABConfig(model="sab", hidden_size=8, k_top=2, k_att=2, k_trunc=3, attn_dim=8, scorer="additive")
+    train(model_cfg, TrainConfig(task="copy", T=3, batch_size=2, steps=1, eval_batches=1, seed=0),
+          tmp_path / "run", progress=False)
+    assert main(["bench", "heavy", "--run", str(tmp_path / "run"), "--retrieval", COARSE]) == 2
+    assert "needs the dot or cosine scorer" in capsys.readouterr().err

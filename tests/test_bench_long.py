@@ -1,8 +1,10 @@
 """``sab-mips bench long`` end to end at tiny lengths (its timings are not checked here)."""
 import json
 
+from sab_mips import SABConfig, TrainConfig
 from sab_mips.bench.long import projected
 from sab_mips.cli import main
+from sab_mips.training import train
 
 
 def test_long_benchmark_measures_each_row_in_a_child_and_skips_what_it_projects_too_big(tmp_path, capsys):
@@ -24,3 +26,16 @@ def test_projection_is_proportional_to_T():
                                                                        "peak_gib": 2.0}]
     assert projected(rows, "m", 1000) == (20.0, 10.0)
     assert projected(rows, "other", 1000) is None
+
+
+def test_long_benchmark_uses_a_trained_runs_model_as_configured(tmp_path):
+    """--run: the run's own config (preset, head, k_att), not the benchmark's flags for a fresh model."""
+    model_cfg = SABConfig(model="sab", preset="recommended", hidden_size=8, k_top=2, k_att=2, k_trunc=3, attn_dim=8,
+                          head_hidden=4)
+    train(model_cfg, TrainConfig(task="copy", T=3, batch_size=2, steps=1, eval_batches=1, seed=0),
+          tmp_path / "run", progress=False)
+    out = tmp_path / "long.json"
+    assert main(["bench", "long", "--T", "40", "--models", "sab-engine", "--batch-size", "2", "--run",
+                 str(tmp_path / "run"), "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert "failed" not in row and row["ms_per_step"] > 0

@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..model import build_model, check_retrieval
 from ..tasks import batch_generator
 from ..training import load_run
+from ..training.rundir import CHECKPOINT_FILE
 from .common import prepare, save_rows
 
 
@@ -130,14 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.T) < 1 or args.rounds < 1 or args.batch_size < 1 or args.audit_every < 1:
         parser.error("--T, --rounds, --batch-size and --audit-every must be >= 1")
-    if not (args.run / "checkpoint.pt").is_file():
-        parser.error(f"--run {args.run}: no checkpoint.pt there (a directory written by sab-mips train)")
+    if not (args.run / CHECKPOINT_FILE).is_file():
+        parser.error(f"--run {args.run}: no {CHECKPOINT_FILE} there (a directory written by sab-mips train)")
     if args.k_att is not None and args.k_att < 1:
         parser.error("--k-att must be >= 1")
     args.retrieval = list(dict.fromkeys(["exact", *args.retrieval]))
     try:
+        scorer = load_run(args.run)[2].scorer  # every setting must be one the run's scorer can be served by
         for spec in args.retrieval:
-            check_retrieval(spec, "dot")
+            check_retrieval(spec, scorer)
     except UserError as exc:
         parser.error(str(exc))
     prepare(args.threads)

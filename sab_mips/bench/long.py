@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..devices import DEVICE_HELP, resolve_device, synchronize
-from ..model import SABConfig, build_model
+from ..model import PRESETS, SABConfig, build_model
 from ..plots import plot_long_sequences
 from ..tasks import batch_generator, get_task
 from ..training import load_run
@@ -46,10 +46,12 @@ def measure(model_name: str, T: int, args: argparse.Namespace) -> dict:
         fields.update(preset=args.preset, k_top=args.k_top, k_att=args.k_att, k_trunc=args.k_trunc,
                       retrieval=args.approx if model_name == "sab-mips" else "exact")
     torch.manual_seed(args.seed)
-    model = build_model(SABConfig(**fields))
-    if args.run is not None and kind == "sab":
-        trained = load_run(args.run)[0]
+    if args.run is not None and kind == "sab":  # the trained model as it was configured; only the index changes
+        trained, _, run_cfg, _, _ = load_run(args.run)
+        model = build_model(run_cfg.replace(retrieval=fields["retrieval"]))
         model.load_state_dict(trained.state_dict())
+    else:
+        model = build_model(SABConfig(**fields))
     device = resolve_device(args.device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -119,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k-att", type=int, default=10)
     parser.add_argument("--k-trunc", type=int, default=10)
     parser.add_argument("--k-top", type=int, default=5)
-    parser.add_argument("--preset", default="paper", help="SAB preset (default: paper)")
+    parser.add_argument("--preset", default="paper", choices=list(PRESETS),
+                        help="SAB preset of a fresh model (default: paper)")
     parser.add_argument("--approx", default="faiss:IVF256,nprobe=16", metavar="FACTORY_STRING",
                         help="the index of the sab-mips rows")
-    parser.add_argument("--run", type=Path, help="take SAB's weights from this trained run (default: a fresh model)")
+    parser.add_argument("--run", type=Path, help="SAB rows use this trained run's model (its weights and config: "
+                                                  "--preset and --k-* then apply to nothing; default: a fresh model)")
     parser.add_argument("--chunk", type=int, default=1000, help="engine chunk (steps re-run at once)")
     parser.add_argument("--audit-every", type=int, default=100, help="sab-mips: audit every n-th attention step")
     parser.add_argument("--max-gib", type=float, default=20.0, help="skip rows projected to need more memory")
@@ -139,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(measure(args.child[0], int(args.child[1]), args)))
         return 0
-    parent_argv = [a for a in argv if a != "--child"]
-    print(f"long-sequence update: B={args.batch_size} H={args.hidden_size} k_att={args.k_att} k_trunc={args.k_trunc} "
-          f"k_top={args.k_top}, approx {args.approx}, {args.threads} thread(s), torch {torch.__version__}")
+    sab = (f"SAB of run {args.run}" if args.run is not None else
+           f"SAB ({args.preset}) H={args.hidden_size} k_att={args.k_att} k_trunc={args.k_trunc} k_top={args.k_top}")
+    print(f"long-sequence update: B={args.batch_size}, {sab}, approx {args.approx}, {args.threads} thread(s), "
+          f"torch {torch.__version__}")
     rows: list[dict] = []
     for T in sorted(args.T):
         for model_name in args.models:
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"model": model_name, "T": T, "skipped": f"not run: projected {guess[0]:.1f} GiB, "
                                                                       f"{guess[1]:.0f} min"})
             else:
-                rows.append(run_child(model_name, T, args, parent_argv))
+                rows.append(run_child(model_name, T, args, argv))
             print(format_table(rows[-1:]).splitlines()[1], flush=True)
     print(format_table(rows))
     save_rows(args, rows)

@@ -61,4 +61,7 @@ def run(args: argparse.Namespace) -> int:
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     searched = f" retrieval={args.retrieval}" if args.retrieval is not None else ""
     print(f"eval {args.run} step={state['step']} task={task.name} T={T} (trained at T={train_cfg.T}){searched}: {shown}")
+    reason = model.audit_skip_reason() if args.audit_every else None
+    if reason:
+        print(f"audit {reason}")
     return 0

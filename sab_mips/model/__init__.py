@@ -6,12 +6,12 @@ training step), ``scorers``, ``record`` (what a pass attended to), ``diagnostics
 truncated BPTT), ``reference`` (the slow twins), ``registry`` (``build_model``), ``config`` (``SABConfig``).
 """
 from .baselines import LSTMBaseline
-from .config import MIPS_SCORERS, MODEL_DOCS, MODEL_FIELDS, SCORERS, SABConfig, check_retrieval
+from .config import MIPS_SCORERS, MODEL_DOCS, MODEL_FIELDS, PRESETS, SCORERS, SABConfig, check_retrieval
 from .layer import SABLayer
 from .record import AttentionRecord
 from .registry import MODELS, build_model
 from .sab import DenseAttentionLSTM, SABLSTM, SABOutput
 from .state import SABState
 
-__all__ = ["AttentionRecord", "DenseAttentionLSTM", "LSTMBaseline", "MIPS_SCORERS", "MODELS", "MODEL_DOCS", "MODEL_FIELDS",
+__all__ = ["AttentionRecord", "DenseAttentionLSTM", "LSTMBaseline", "MIPS_SCORERS", "MODELS", "MODEL_DOCS", "MODEL_FIELDS", "PRESETS",
            "SABConfig", "SABLSTM", "SABLayer", "SABOutput", "SABState", "SCORERS", "build_model", "check_retrieval"]
