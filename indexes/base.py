@@ -69,7 +69,8 @@ class MIPSIndex(ABC):
         """Skip the NaN/Inf check of every ``add`` and ``search`` (the shape, dtype and device checks stay).
 
         The check reads every value and, on a GPU, waits for it (a host sync per call); a caller that
-        guarantees finite keys and queries, or checks them once for many calls, turns it off. Returns self.
+        guarantees finite keys and queries, or checks them once for many calls, turns it off until the next
+        ``reset`` (which forgets the keys, and the trust with them). Returns self.
         """
         self.check_finite = False
         return self
@@ -182,6 +183,7 @@ class MIPSIndex(ABC):
             raise RuntimeError(f"index '{self.name}' is unavailable: {reason}")
         self._batch_size, self._dim, self._count = batch_size, dim, 0
         self._device = self._dtype = None
+        self.check_finite = True
         self._reset()
 
     def add(self, keys: torch.Tensor) -> None:

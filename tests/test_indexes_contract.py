@@ -216,6 +216,9 @@ def test_bad_inputs_raise(spec: str) -> None:
     with pytest.raises(ValueError, match="float64"):
         index.search(torch.randn(2, 4, dtype=torch.float64), K)
     assert index.ntotal == 5  # failed calls changed nothing
+    index.trust_inputs().reset(2, 4)  # trust lasts until the next reset
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        index.add(good.index_fill(1, torch.tensor([2]), math.nan))
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -166,7 +166,7 @@ def exponents(rows: list[dict]) -> list[dict]:
 def calling_pattern(specs: list[str], seed: int, n: int, steps: int = 40, device: str = "cpu") -> list[dict]:
     """Time per model step at B=64, N=n, d=128: a search every step, one new slot every 4 steps.
 
-    At n=1000 (the issue's setting) this is the cost in use; at n=16 the searches are nearly free, so
+    At n=1000 (the step benchmark's setting) this is the cost in use; at n=16 the searches are nearly free, so
     what remains is the per-call overhead (Python, B native calls, conversions)."""
     B, d, k = 64, 128, 8
     g = torch.Generator().manual_seed(seed)

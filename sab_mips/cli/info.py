@@ -34,7 +34,7 @@ def _faiss_gpus() -> str:
     except ImportError:
         return "faiss not installed"
     if not hasattr(faiss, "get_num_gpus"):
-        return "CPU build of faiss (pip install faiss-gpu-cu12 or conda faiss-gpu for GPU indexes)"
+        return "CPU build of faiss (GPU indexes: pip install -e '.[gpu]', see the README's GPU section)"
     return f"{faiss.get_num_gpus()} GPU(s) visible to faiss"
 
 

@@ -20,9 +20,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from indexes import make_index
-
 from ..config_base import Config, choice, non_negative_int, option, positive_int, require
+from ..retrieval.factory import make_user_index
 
 SCORERS = ("dot", "cosine", "additive", "official")
 MIPS_SCORERS = ("dot", "cosine")  # inner products of a query and a stored key: an index can serve them
@@ -61,10 +60,7 @@ def check_retrieval(retrieval: Any, scorer: str) -> None:
     """Refuse a bad index factory string (the index's own error lists valid backends and parameters) and
     approximate retrieval with a scorer that is not an inner product."""
     require(isinstance(retrieval, str), f"retrieval must be an index factory string, got {retrieval!r}")
-    try:
-        backend = make_index(retrieval)
-    except ValueError as exc:
-        require(False, str(exc))
+    backend = make_user_index(retrieval)
     require(scorer in MIPS_SCORERS or backend.name == "exact",
             f"retrieval {retrieval!r} needs the dot or cosine scorer (MIPS serves only inner products); "
             f"scorer {scorer!r} supports retrieval 'exact' only")

@@ -68,7 +68,10 @@ class SABLSTM(nn.Module):
         self.layer = self.layer_class(config, device=device, dtype=dtype)
         self.head = make_head(self.layer.output_size, config.head_hidden, config.output_size, device=device, dtype=dtype)
         # Runs saved before the layer existed hold "cell.*" and "scorer.*" at the top level.
-        self._register_load_state_dict_pre_hook(_nest_layer_keys)
+        if hasattr(nn.Module, "register_load_state_dict_pre_hook"):
+            self.register_load_state_dict_pre_hook(nest_layer_keys)
+        else:  # torch releases before the public hook
+            self._register_load_state_dict_pre_hook(nest_layer_keys, with_module=True)
 
     @property
     def retrieves(self) -> bool:
@@ -156,7 +159,7 @@ def make_head(features: int, hidden: int, outputs: int, device=None, dtype=None)
     return nn.Sequential(nn.Linear(features, hidden, **factory), nn.Tanh(), nn.Linear(hidden, outputs, **factory))
 
 
-def _nest_layer_keys(state_dict, prefix, *_args) -> None:
+def nest_layer_keys(_module, state_dict, prefix, *_args) -> None:
     """Map a state dict saved before ``SABLSTM.layer`` existed ("cell.*", "scorer.*") to the new names."""
     for key in list(state_dict):
         rest = key[len(prefix):]

@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-NORM_FLOOR = 1e-12  # a zero vector is divided by this instead of its norm (cosine 0, no division by zero)
+from ..ops.sparse_attention import NORM_FLOOR
 
 
 class Scorer(nn.Module, ABC):

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .sparsify import LOW_N_MARGIN, top_k_and_explored
+from .sparsify import LOW_N_MARGIN, softmax_topk_weights
 
-NORM_FLOOR = 1e-12  # a key of smaller norm is divided by this instead (as the cosine scorer does)
+NORM_FLOOR = 1e-12  # a vector of smaller norm is divided by this instead (cosine 0, no division by zero)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def attend_forward(slots: torch.Tensor, query: torch.Tensor, key_weight: torch.T
     if spec.sparsifier == "relu":
         weights, active, total, delta_index = _relu_weights(scores, valid, spec.k, spec.eps)
     else:
-        weights, active, total, delta_index = _softmax_weights(scores, valid, spec.k, spec.explore), None, None, None
+        weights, active, total, delta_index = softmax_topk_weights(scores, spec.k, valid, spec.explore), None, None, None
     summary = (weights.unsqueeze(2) * slots).sum(dim=1)
     saved = (slots, query, key_weight, weights, active, total, delta_index, unit, norms)
     return summary, weights, scores, saved
@@ -117,15 +117,6 @@ def _relu_weights(scores: torch.Tensor, valid: torch.Tensor | None, k: int, eps:
     shifted = (scores - delta) * active
     total = shifted.sum(dim=1, keepdim=True)
     return shifted / (total + eps), active, total, delta_index
-
-
-def _softmax_weights(scores: torch.Tensor, valid: torch.Tensor | None, k: int, explore: int) -> torch.Tensor:
-    """``sparsify.softmax_topk_weights``, without the autograd graph."""
-    masked = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
-    values, index = top_k_and_explored(masked, k, explore)
-    keep = torch.isfinite(values)
-    logits = torch.where(keep, values, torch.finfo(scores.dtype).min)
-    return torch.zeros_like(scores).scatter(1, index, torch.softmax(logits, dim=1) * keep)
 
 
 class SparseAttention(torch.autograd.Function):

@@ -27,18 +27,11 @@ from indexes import make_index, parse_factory_string
 
 from ..errors import UserError
 from .datasets import load_memories, make_dataset
+from .factory import make_user_index
 from .metrics import recall_at_k
 from .timing import build_key, time_search, timed
 
 DESCRIPTOR_KEYS = {"IVF": "nlist", "HNSW": "M"}  # the number in a FAISS descriptor, tunable by name
-
-
-def make_user_index(spec: str):
-    """``make_index`` for a string the user typed: a bad string is a UserError (the index lists what is valid)."""
-    try:
-        return make_index(spec)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
 
 
 def settings(backend: str, grid: dict[str, list[int | float]], k_top: int) -> list[tuple[str, int]]:

@@ -40,8 +40,7 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
         if hasattr(model, "predict"):
             out = model.predict(x, chunk=chunk, **options)
             logits = out.logits
-            if out.stats is not None:
-                stats.merge(out.stats)
+            stats.merge(out.stats)
         else:
             logits = model(x)
         synchronize(device)

@@ -10,7 +10,7 @@ Resume rule (``resume=True``): the run directory must hold a checkpoint; the req
 the saved ones except those in ``EXTENDABLE`` (``steps`` and ``time_budget``, to extend or shorten the run,
 and the audit intervals, which do not alter the updates); any other difference is an error that names
 the fields. Metric lines logged after the checkpoint's step (by a run killed between checkpoints) are
-dropped. ``time_budget`` counts wall time over all sessions of a run.
+dropped. ``time_budget`` counts wall time over all invocations of a run (a resumed run continues its clock).
 
 Warm start (``TrainConfig.init_from``): a new run takes the weights and Adam state of another run's
 checkpoint (``rundir.warm_start``), e.g. to continue a trained model at a longer T or with another
@@ -92,8 +92,8 @@ class Trainer:
         if self.note is not None and self.step == 0:
             self._write({"split": "note", "step": 0, "message": self.note})
         self.dist.barrier()  # rank 0 has prepared the run directory
-        # wall time of this session counts from here, added to what earlier sessions of the run spent
-        self._session_start, self._earlier = time.perf_counter(), self.elapsed
+        # wall time of this invocation counts from here, added to what earlier invocations of the run spent
+        self._invocation_start, self._earlier = time.perf_counter(), self.elapsed
 
     def _write(self, record: dict[str, Any]) -> None:
         """Log a metrics line (rank 0 writes; the other processes' lines are their share of rank 0's)."""
@@ -101,7 +101,7 @@ class Trainer:
             self.log.write(record)
 
     def _tick(self) -> None:
-        self.elapsed = self._earlier + time.perf_counter() - self._session_start
+        self.elapsed = self._earlier + time.perf_counter() - self._invocation_start
 
     @property
     def checkpoint_path(self) -> Path:
