@@ -101,7 +101,10 @@ def test_refusals_of_a_run_directory(tmp_path, capsys, finished_run):
     (["--model", "tbptt", "--scorer", "dot"], "--scorer has no effect on model 'tbptt'"),
     (["--config", "/nonexistent/c.json"], "cannot read --config file"),
     (["--model", "lstm", "--record-memories", "m.npz", "--T", "2", "--steps", "1"], "record-memories"),
-    (["--record-count", "0"], "--record-count must be >= 1"),
+    (["--record-count", "0", "--record-memories", "m.npz"], "--record-count must be >= 1"),
+    (["--record-count", "10"], "--record-count applies to --record-memories only"),
+    (["--model", "lstm", "--engine", "on"], "--engine has no effect on model 'lstm'"),
+    (["--model", "dense", "--grad-cosine-every", "5"], "--grad-cosine-every has no effect on model 'dense'"),
 ])
 def test_train_errors(tmp_path, capsys, argv, message):
     assert message in _error(capsys, ["train", "--no-progress", "--run-dir", str(tmp_path / "r"), *argv])

@@ -102,6 +102,22 @@ def check_model_options(model_cfg: SABConfig, explicit: dict[str, Any], from_fil
             raise UserError(f"{name}={value!r} in {source} has no effect on model '{model_cfg.model}' (its options: {uses})")
 
 
+# TrainConfig fields that only SAB reads: the memory-bounded engine and the audits of its retrieval.
+SAB_ONLY_TRAIN_FIELDS = ("engine", "engine_chunk", "audit_every", "grad_cosine_every")
+
+
+def check_train_options(model_cfg: SABConfig, explicit: dict[str, Any], from_file: dict[str, Any], source: str) -> None:
+    """Refuse a training option that only SAB reads, for another model (explicit flags, or non-default file values)."""
+    if model_cfg.model == "sab":
+        return
+    defaults = TrainConfig()
+    for name in SAB_ONLY_TRAIN_FIELDS:
+        if name in explicit or (name in from_file and from_file[name] != getattr(defaults, name)):
+            where = flag(name) if name in explicit else f"{name}={from_file[name]!r} in {source}"
+            raise UserError(f"{where} has no effect on model '{model_cfg.model}' (only model 'sab' has an engine "
+                            f"and retrieval audits)")
+
+
 def merge_configs(explicit_model: dict[str, Any], explicit_train: dict[str, Any], config_file: str | None = None,
                   resume_dir: str | Path | None = None) -> tuple[SABConfig, TrainConfig]:
     """Defaults < the config saved in ``resume_dir`` < ``config_file`` < explicit flags; validated.
@@ -114,6 +130,7 @@ def merge_configs(explicit_model: dict[str, Any], explicit_train: dict[str, Any]
         model_values, train_values = read_config_file(Path(resume_dir) / CONFIG_FILE, "saved config")
         model_values = saved_fields(model_values)
     file_model: dict[str, Any] = {}
+    file_train: dict[str, Any] = {}
     if config_file:
         file_model, file_train = read_config_file(config_file)
         model_values.update(file_model)
@@ -131,6 +148,7 @@ def merge_configs(explicit_model: dict[str, Any], explicit_train: dict[str, Any]
     file_model = {k: v for k, v in file_model.items() if k not in TASK_SIZED}
     model_cfg = SABConfig.from_dict(model_values)
     check_model_options(model_cfg, explicit_model, file_model, f"--config {config_file}")
+    check_train_options(model_cfg, explicit_train, file_train, f"--config {config_file}")
     return model_cfg, train_cfg
 
 

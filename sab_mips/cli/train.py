@@ -27,19 +27,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
     run.add_argument("--record-memories", metavar="FILE",
                      help="after training, save the keys W_k m_i and queries the index saw (.npz) for retrieval benchmarks")
-    run.add_argument("--record-count", type=int, default=100_000, metavar="N",
+    run.add_argument("--record-count", type=int, metavar="N",
                      help="collect at least this many keys for --record-memories (default: 100000)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.record_count < 1:
-        raise UserError(f"--record-count must be >= 1, got {args.record_count}")
+    if args.record_count is not None and args.record_memories is None:
+        raise UserError("--record-count applies to --record-memories only")
+    record_count = 100_000 if args.record_count is None else args.record_count
+    if record_count < 1:
+        raise UserError(f"--record-count must be >= 1, got {record_count}")
     model_cfg, train_cfg = configs_from_args(args)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if main_process:
         print(f"run {args.run_dir}: {json.dumps({'model': model_cfg.to_dict(), 'train': train_cfg.to_dict()})}")
     summary = train(model_cfg, train_cfg, args.run_dir, resume=args.resume, progress=not args.no_progress,
-                    record_memories=args.record_memories, record_count=args.record_count, device=args.device)
+                    record_memories=args.record_memories, record_count=record_count, device=args.device)
     if main_process:
         print(format_summary(summary))
     return 0
