@@ -48,6 +48,8 @@ def test_plot_skips_the_attention_map_of_models_without_attention(tmp_path, caps
     assert main(["plot", "--run", str(run)]) == 0
     assert "no attention" in capsys.readouterr().out
     assert (run / "learning_curves.png").stat().st_size > 0 and not (run / "attention.png").exists()
+    assert "--chunk applies to models with a memory" in _error(capsys, ["eval", "--run", str(run), "--chunk", "5"])
+    assert "--audit-every applies to model 'sab' only" in _error(capsys, ["eval", "--run", str(run), "--audit-every", "1"])
 
 
 def test_config_file_with_flag_overrides(tmp_path, capsys):
@@ -80,6 +82,7 @@ def test_refusals_of_a_run_directory(tmp_path, capsys, finished_run):
     for command in ("eval", "plot"):
         assert "does not exist" in _error(capsys, [command, "--run", str(tmp_path / "missing")])
     assert "too small" in _error(capsys, ["eval", "--run", run, "--T", "0"])
+    assert "--chunk must be >= 1" in _error(capsys, ["eval", "--run", run, "--chunk", "0"])
     checkpoint = finished_run / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # truncated
     assert "corrupt" in _error(capsys, ["eval", "--run", run])

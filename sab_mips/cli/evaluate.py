@@ -27,8 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audit-every", type=int, default=0, metavar="N",
                         help="SAB: compare every N-th attention step with exact search and report recall@k_top and "
                              "the attention mass recovered (0: no audit)")
-    parser.add_argument("--chunk", type=int, default=1000,
-                        help="SAB: time steps fed to the model at once (memory holds the slots, not T)")
+    parser.add_argument("--chunk", type=int,
+                        help="SAB and dense: time steps fed to the model at once (memory holds the slots, not T; "
+                             "default 1000)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,16 +46,19 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else train_cfg.seed
     if args.audit_every and model_cfg.model != "sab":
         raise UserError(f"--audit-every applies to model 'sab' only; this run is model '{model_cfg.model}'")
+    if args.chunk is not None and not hasattr(model, "predict"):
+        raise UserError(f"--chunk applies to models with a memory (sab, dense); this run is model '{model_cfg.model}'")
+    chunk = 1000 if args.chunk is None else args.chunk
     if args.audit_every < 0:
         raise UserError(f"--audit-every must be >= 0, got {args.audit_every}")
-    for name, value in (("--batches", batches), ("--batch-size", batch_size), ("--chunk", args.chunk)):
+    for name, value in (("--batches", batches), ("--batch-size", batch_size), ("--chunk", chunk)):
         if value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     model.to(resolve_device(args.device))
     metrics = evaluate(model, task, T, batches, seed, batch_size, audit_every=args.audit_every, timed=True,
-                       chunk=args.chunk)
+                       chunk=chunk)
     with MetricsLog(Path(args.run) / METRICS_FILE) as log:
         log.write({"split": "eval", "step": int(state["step"]), "T": T, **metrics, "source": "sab-mips eval",
                    "seed": seed, "batches": batches, "batch_size": batch_size, **retrieval})
