@@ -15,7 +15,7 @@ time), resuming runs a previous call left unfinished, so a study can be stopped 
 reads the runs' metrics.jsonl and prints a Markdown table per setting: the primary eval metric at the
 ``--at`` updates, at the end of each run (with a time budget: at equal wall-clock time) and at its best
 (mean ± s.d., min–max, number of runs), the updates done, how many runs reached ``--threshold`` and after
-how many updates, the collapses (after first passing ``--collapse-after`` the metric falls more than
+how many updates, the collapses (accuracy: after first passing ``--collapse-after`` it falls more than
 ``--collapse-drop`` below its best so far), seconds per update and wall time. Runs that failed or are not
 finished count: a missing value is shown, never dropped silently.
 """
@@ -130,7 +130,9 @@ def cmd_table(args: argparse.Namespace) -> int:
         cells.append(", ".join(str(t[-1]["step"]) if t else "–" for _, t in loaded))
         hit = [r for r in reached if r is not None]
         cells.append(f"{len(hit)}/{len(dirs)}" + (f" ({', '.join(map(str, hit))})" if hit else ""))
-        cells.append(", ".join(str(collapses(e, args.collapse_after, args.collapse_drop)) for e, _ in loaded))
+        # the collapse rule is defined on a metric where higher is better (accuracy)
+        cells.append(", ".join(str(collapses(e, args.collapse_after, args.collapse_drop)) for e, _ in loaded)
+                     if higher else "–")
         speeds = [statistics.median(r["sec_per_update"] for r in t) for _, t in loaded if t]
         cells.append(f"{statistics.fmean(speeds):.3f}" if speeds else "–")
         walls = [t[-1]["wall_time"] for _, t in loaded if t]
