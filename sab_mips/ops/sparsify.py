@@ -130,9 +130,8 @@ def softmax_topk_weights(scores: torch.Tensor, k: int, valid: torch.Tensor | Non
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if valid is None:
-        valid = torch.isfinite(scores)
-    masked = scores.masked_fill(~valid, float("-inf"))
+    # without ``valid``, padding is already -inf: nothing to mask (the fused attention step relies on this)
+    masked = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
     values, index = top_k_and_explored(masked, k, explore)
     keep = torch.isfinite(values)
     # padding becomes the lowest finite value: exp() gives exact zeros, and a row with no valid entry gets
