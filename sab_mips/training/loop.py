@@ -151,7 +151,9 @@ class Trainer:
         y = self.dist.shard(y, cfg.batch_size).to(self.device)
         extra: dict[str, float] = {}
         audit_every = cfg.audit_every if self.audited else 0
-        rng_before = rng_state(self.device)  # the exact-gradient audit replays this pass's exploration draws
+        cosine_audit = self.audited and cfg.grad_cosine_every and (self.step + 1) % cfg.grad_cosine_every == 0
+        # the exact-gradient audit replays this pass's exploration draws (captured only when it will run)
+        rng_before = rng_state(self.device) if cosine_audit else None
         if self.uses_engine(x.shape[1]):
             self.optimizer.zero_grad(set_to_none=True)
             out = model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, audit_every=audit_every,
@@ -159,8 +161,7 @@ class Trainer:
             logits = out.logits
 
             def exact_backward() -> None:
-                with replaying(rng_before, self.device):
-                    model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, retrieval="exact")
+                model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, retrieval="exact")
                 self.dist.average_gradients(model.parameters())
         else:
             if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
@@ -173,16 +174,16 @@ class Trainer:
             loss.backward()
 
             def exact_backward() -> None:
-                with replaying(rng_before, self.device):
-                    task.loss(model.run(x, retrieval="exact").logits, y).backward()
+                task.loss(model.run(x, retrieval="exact").logits, y).backward()
                 self.dist.average_gradients(model.parameters())
         self.dist.average_gradients(model.parameters())
         if out is not None:
             extra = {**out.diagnostics.as_metrics(), **(out.stats.as_metrics() if model.retrieves else {})}
         audit_seconds = extra.pop("audit_seconds", 0.0)
-        if self.audited and cfg.grad_cosine_every and (self.step + 1) % cfg.grad_cosine_every == 0:
+        if cosine_audit:
             t_cos = time.perf_counter()
-            extra["grad_cosine"] = exact_gradient_cosine(model, exact_backward)
+            with replaying(rng_before, self.device):
+                extra["grad_cosine"] = exact_gradient_cosine(model, exact_backward)
             audit_seconds += time.perf_counter() - t_cos
         # max_norm=inf still returns the norm, which is worth logging even without clipping.
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
