@@ -214,3 +214,27 @@ def test_the_schedule_reaches_the_optimizer_and_the_log(tmp_path):
     lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.005)
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_variable_length_training_draws_each_update_length_from_the_seed(tmp_path):
+    from sab_mips.training.config import train_length
+
+    cfg = TrainConfig(T=9, T_min=3, seed=1)
+    lengths = [train_length(cfg, s) for s in range(200)]
+    assert set(lengths) == set(range(3, 10))  # every length of [T_min, T], nothing outside
+    assert lengths == [train_length(TrainConfig(T=9, T_min=3, seed=1), s) for s in range(200)]
+    assert lengths != [train_length(TrainConfig(T=9, T_min=3, seed=2), s) for s in range(200)]
+    assert {train_length(TrainConfig(T=9), s) for s in range(20)} == {9}
+
+    model_cfg, cfg = _cfgs("sab", steps=4, T=6, T_min=2)
+    train(model_cfg, cfg, tmp_path, progress=False)
+    logged = [r["T"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert logged == [train_length(cfg, s) for s in range(4)] and len(set(logged)) > 1
+    evaluated = {r["T"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "eval"}
+    assert evaluated == {6}  # evaluation stays at T
+
+
+@pytest.mark.parametrize("T_min, message", [(0, "T_min"), (7, "T_min must be <= T")])
+def test_variable_length_training_refuses_bad_bounds(T_min, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(T=6, T_min=T_min)

@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..config_base import Config, choice, non_negative_int, number, option, positive_int, require
+from ..tasks import batch_generator
 
 # TrainConfig fields a resumed run may change: budgets, and measurements that do not alter the updates
 EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
@@ -19,6 +22,10 @@ class TrainConfig(Config):
 
     task: str = option("copy", "a task name (copy, adding).")
     T: int = option(100, "the task's length parameter for training (copy: blanks + 1; adding: sequence length).")
+    T_min: int | None = option(None, "variable-length training: each update draws its length uniformly from "
+                                     "[T_min, T] (a pure function of the seed and the update's index, like its "
+                                     "data); short sequences teach the retrieval that long ones need. None: "
+                                     "every update uses T.")
     eval_T: int | None = option(None, "length used by periodic evaluation (None: same as T).")
     batch_size: int = option(64, "sequences per update.")
     lr: float = option(1e-3, "Adam learning rate.")
@@ -63,12 +70,24 @@ class TrainConfig(Config):
             positive_int(name, getattr(self, name))
         if self.eval_T is not None:
             positive_int("eval_T", self.eval_T)
+        if self.T_min is not None:
+            positive_int("T_min", self.T_min)
+            require(self.T_min <= self.T, f"T_min must be <= T, got T_min={self.T_min} and T={self.T}")
         non_negative_int("seed", self.seed)
         non_negative_int("audit_every", self.audit_every, "0: never")
         non_negative_int("grad_cosine_every", self.grad_cosine_every, "0: never")
         require(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         require(self.time_budget >= 0, f"time_budget must be >= 0, got {self.time_budget!r}")
+
+
+def train_length(cfg: TrainConfig, step: int) -> int:
+    """The length parameter of update ``step`` (0-based): T, or with ``T_min`` a uniform draw from [T_min, T]
+    that depends only on (seed, step), so a resumed run draws the same lengths."""
+    if cfg.T_min is None:
+        return cfg.T
+    generator = batch_generator(cfg.seed, step, "length")
+    return cfg.T_min + int(torch.randint(cfg.T - cfg.T_min + 1, (), generator=generator))
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:

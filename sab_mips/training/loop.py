@@ -38,7 +38,7 @@ from ..errors import UserError
 from ..model import MIPS_SCORERS, SABLSTM, SABConfig
 from ..tasks import batch_generator
 from .audit import exact_gradient_cosine
-from .config import ENGINE_MIN_STEPS, TrainConfig, learning_rate
+from .config import ENGINE_MIN_STEPS, TrainConfig, learning_rate, train_length
 from .distributed import Distributed
 from .evaluate import evaluate
 from .memories import dump_memories
@@ -145,7 +145,8 @@ class Trainer:
         """One update on batch ``step`` of the run's stream; returns (and logs) its metrics line."""
         cfg, model, task = self.train_cfg, self.model, self.task
         t0 = time.perf_counter()
-        x, y = task.make_batch(cfg.T, cfg.batch_size, batch_generator(cfg.seed, self.step, "train"))
+        T = train_length(cfg, self.step)
+        x, y = task.make_batch(T, cfg.batch_size, batch_generator(cfg.seed, self.step, "train"))
         # every process draws the whole batch i and trains on its own rows
         x = self.dist.shard(x, cfg.batch_size).to(self.device)
         y = self.dist.shard(y, cfg.batch_size).to(self.device)
@@ -204,7 +205,7 @@ class Trainer:
         self.step += 1
         self._tick()
         metrics = self.dist.mean(task.metrics(logits.detach(), y), self.device)  # over the whole batch
-        record = {"split": "train", "step": self.step, "T": cfg.T, **metrics,
+        record = {"split": "train", "step": self.step, "T": T, **metrics,
                   "grad_norm": float(grad_norm), "lr": lr, "skipped_updates": self.skipped, **extra,
                   "wall_time": self.elapsed, "sec_per_update": seconds}
         self._write(record)
@@ -246,7 +247,8 @@ class Trainer:
         cfg, primary = self.train_cfg, self.task.primary
         stopped = "steps"
         self.model.train()
-        description = f"{self.task.name} T={cfg.T} {self.model_cfg.model}"
+        lengths = f"{cfg.T_min}-{cfg.T}" if cfg.T_min is not None else f"{cfg.T}"
+        description = f"{self.task.name} T={lengths} {self.model_cfg.model}"
         try:
             with Progress(description, cfg.steps, cfg.time_budget, self.step, self.elapsed, self.progress) as bar:
                 while self.step < cfg.steps:
