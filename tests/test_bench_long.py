@@ -16,7 +16,8 @@ def test_long_benchmark_measures_each_row_in_a_child_and_skips_what_it_projects_
     assert [(r["model"], r["T"]) for r in rows] == [("sab-engine", 40), ("sab-mips", 40), ("sab-engine", 4000),
                                                      ("sab-mips", 4000)]
     assert all(r["peak_gib"] > 0 and r["ms_per_step"] > 0 for r in rows[:2])
-    assert 0 <= rows[1]["recall"] <= 1 and "recall" not in rows[0]
+    assert 0 <= rows[1]["recall"] <= 1 and 0 <= rows[1]["mass_recovered"] <= 1 and "recall" not in rows[0]
+    assert all(0 <= r["accuracy"] <= 1 and r["loss"] > 0 for r in rows[:2])  # what each update computed
     assert all(r["skipped"].startswith("not run: projected") for r in rows[2:])
     assert out.with_suffix(".png").is_file() and "peak GiB" in capsys.readouterr().out
 

@@ -8,6 +8,9 @@ Settings (``--help``): B=8, H=128, k_att=10, k_trunc=10, k_top=5, copy-task inpu
 * ``sab-mips``      the engine with the approximate index ``--approx``; recall@k_top against exact search
   is measured on every ``--audit-every``-th attention step of that same update.
 
+Every row also reports the loss and accuracy its update computed on the copy batch: with ``--run`` (a
+trained copy model) they show that the update at that length still solves the task.
+
 Each row runs in a fresh child process, so its peak resident memory (``ru_maxrss``) is its own. A row whose
 projection from the same row at the largest T measured (memory and time taken as proportional to T) exceeds
 ``--max-gib`` or ``--max-minutes`` is reported as "not run: projected ..." instead. Prints a table, writes
@@ -64,14 +67,20 @@ def measure(model_name: str, T: int, args: argparse.Namespace) -> dict:
     if model_name in ("sab-engine", "sab-mips"):
         out = model.forward_backward(x, y, task.loss, chunk=args.chunk,
                                      audit_every=args.audit_every if model_name == "sab-mips" else 0)
+        logits = out.logits
         if "recall" in out.stats.as_metrics():
             row["recall"] = out.stats.as_metrics()["recall"]
+            row["mass_recovered"] = out.stats.as_metrics()["mass_recovered"]
             row["index_seconds"] = out.stats.as_metrics()["retrieval_seconds"]
     else:
-        task.loss(model(x), y).backward()
+        logits = model(x)
+        task.loss(logits, y).backward()
     optimizer.step()
     synchronize(device)
     seconds = time.perf_counter() - start
+    # what the update computed, before the step: a trained model (--run) should still solve the batch
+    metrics = task.metrics(logits.detach(), y)
+    row.update(loss=metrics["loss"], accuracy=metrics["accuracy"])
     row["device"] = str(device)
     if device.type == "cuda":
         row["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -100,13 +109,16 @@ def projected(rows: list[dict], model_name: str, T: int) -> tuple[float, float] 
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'model':11s} {'T':>8s} {'ms/step':>9s} {'peak GiB':>9s} {'recall':>7s}  note"]
+    lines = [f"{'model':11s} {'T':>8s} {'ms/step':>9s} {'peak GiB':>9s} {'recall':>7s} {'accuracy':>8s}  note"]
     for r in rows:
         if "seconds" in r:
             recall = f"{r['recall']:.4f}" if "recall" in r else "-"
-            lines.append(f"{r['model']:11s} {r['T']:8d} {r['ms_per_step']:9.3f} {r['peak_gib']:9.2f} {recall:>7s}")
+            accuracy = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
+            lines.append(f"{r['model']:11s} {r['T']:8d} {r['ms_per_step']:9.3f} {r['peak_gib']:9.2f} {recall:>7s} "
+                         f"{accuracy:>8s}")
         else:
-            lines.append(f"{r['model']:11s} {r['T']:8d} {'-':>9s} {'-':>9s} {'-':>7s}  {r.get('skipped') or r.get('failed')}")
+            lines.append(f"{r['model']:11s} {r['T']:8d} {'-':>9s} {'-':>9s} {'-':>7s} {'-':>8s}  "
+                         f"{r.get('skipped') or r.get('failed')}")
     return "\n".join(lines)
 
 
