@@ -55,6 +55,17 @@ def test_engine_equals_plain_autograd_float64(cfg, chunk):
     assert_same(engine_grads(model, x, y, chunk), plain_grads(model, x, y), 1e-10, relative=True)
 
 
+def test_engine_replays_candidates_kept_across_blocks(monkeypatch):
+    """Kept candidate ids are stacked in blocks; with blocks of 7 steps (60 attention steps: 8 full blocks and
+    a partial one) the engine still replays each step's own ids."""
+    from sab_mips.model import state
+
+    monkeypatch.setattr(state, "KEEP_BLOCK", 7)
+    model = make(preset="paper")
+    x, y = data()
+    assert_same(engine_grads(model, x, y, 8), plain_grads(model, x, y), 1e-10, relative=True)
+
+
 @pytest.mark.parametrize("retrieval", ["simple-lsh:bits=12,tables=1", "faiss:HNSW32,efSearch=16,exact_below=0"])
 def test_engine_with_an_approximate_index_and_its_recorded_candidates(retrieval):
     """The engine searches like a plain pass; replaying a plain pass's candidates it matches that pass."""

@@ -61,7 +61,7 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[
         leaf = logits.detach().requires_grad_()
         loss = loss_fn(leaf, y)
         (grad_logits,) = torch.autograd.grad(loss, leaf)
-    candidates = torch.stack(state.kept_candidates) if state.kept_candidates else None  # (S, B, C)
+    candidates = state.take_candidates()  # (S, B, C)
     ends = [s[4] for s in starts[1:]] + [state.attention_steps]
     for (a, h, c, slots_before, first_step), last_step in zip(reversed(starts), reversed(ends)):
         replay = candidates[first_step:last_step] if candidates is not None else None
