@@ -14,12 +14,12 @@ TORCH_VERSION := 2.13.0
 
 DEMO_DIR ?= runs/demo
 DEMO_SECONDS ?= 300
-# Copy task: 10 digits recalled after T=10 blank steps (30 steps per sequence), a slot written at every step,
-# candidates found by an HNSW graph (approximate: recall and gradient cosine are audited and plotted). The
-# recommended preset, with the MLP head and lr 3e-3 that trained best at this length (experiments/RESULTS.md).
+# Copy task at T=30: 10 digits, 29 blanks and a marker, then the digits recalled (50 steps per sequence); trained on lengths from
+# [10, 30] (--T-min), a slot written every 5 steps, candidates found by an HNSW graph (approximate: recall and
+# gradient cosine are audited and plotted). The recommended preset and recipe of experiments/RESULTS.md.
 # The time budget, not --steps, ends the run.
-DEMO_FLAGS ?= --task copy --T 10 --model sab --preset recommended --hidden-size 128 --head-hidden 128 \
-	--k-top 5 --k-att 1 --k-trunc 5 --batch-size 64 --lr 3e-3 \
+DEMO_FLAGS ?= --task copy --T 30 --T-min 10 --model sab --preset recommended --hidden-size 128 \
+	--k-top 5 --k-att 5 --k-trunc 5 --batch-size 64 --lr 3e-3 \
 	--retrieval "faiss:HNSW32,efSearch=16,exact_below=0" --audit-every 5 --grad-cosine-every 50 \
 	--eval-every 250 --checkpoint-every 500 --steps 100000
 
