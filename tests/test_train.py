@@ -238,3 +238,9 @@ def test_variable_length_training_draws_each_update_length_from_the_seed(tmp_pat
 def test_variable_length_training_refuses_bad_bounds(T_min, message):
     with pytest.raises(UserError, match=message):
         TrainConfig(T=6, T_min=T_min)
+
+
+def test_variable_length_training_refuses_a_T_min_the_task_refuses(tmp_path):
+    model_cfg, cfg = _cfgs("lstm", task="adding", T=6, T_min=1)
+    with pytest.raises(UserError, match=r"T_min: T=1 is too small for task 'adding'"):
+        train(model_cfg, cfg, tmp_path, progress=False)

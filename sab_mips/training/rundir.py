@@ -141,9 +141,12 @@ def build(model_cfg: SABConfig, train_cfg: TrainConfig) -> tuple[torch.nn.Module
     """The task, and the model with parameters initialised from the seed; input/output sizes come from the task."""
     task = get_task(train_cfg.task)
     task.check_T(train_cfg.T)
-    for T in (train_cfg.T_min, train_cfg.eval_T):
-        if T is not None:
-            task.check_T(T)
+    for name in ("T_min", "eval_T"):
+        if getattr(train_cfg, name) is not None:
+            try:
+                task.check_T(getattr(train_cfg, name))
+            except UserError as error:
+                raise UserError(f"{name}: {error}") from None
     model_cfg = model_cfg.replace(input_size=task.input_size, output_size=task.output_size)
     torch.manual_seed(train_cfg.seed)
     return build_model(model_cfg), task, model_cfg
