@@ -38,5 +38,7 @@ def test_long_benchmark_uses_a_trained_runs_model_as_configured(tmp_path):
     out = tmp_path / "long.json"
     assert main(["bench", "long", "--T", "40", "--models", "sab-engine", "--batch-size", "2", "--run",
                  str(tmp_path / "run"), "--out", str(out)]) == 0
-    (row,) = json.loads(out.read_text())["rows"]
+    saved = json.loads(out.read_text())
+    (row,) = saved["rows"]
     assert "failed" not in row and row["ms_per_step"] > 0
+    assert saved["run_model"]["head_hidden"] == 4 and saved["run_model"]["k_att"] == 2  # what the rows ran

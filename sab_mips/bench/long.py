@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_child(model_name, T, args, argv))
             print(format_table(rows[-1:]).splitlines()[1], flush=True)
     print(format_table(rows))
-    save_rows(args, rows)
+    # with --run, the SAB rows used the run's model as configured, not the fresh-model flags in "settings"
+    run_model = {"run_model": load_run(args.run)[2].to_dict()} if args.run is not None else {}
+    save_rows(args, rows, **run_model)
     print(f"wrote {plot_long_sequences(rows, args.out.with_suffix('.png'))}")
     return 0
 
