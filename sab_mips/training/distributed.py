@@ -34,6 +34,7 @@ class Distributed:
 
     rank: int = 0
     world: int = 1
+    owns_group: bool = False  # this object joined the process group, so it leaves it (``close``)
 
     @classmethod
     def from_env(cls, device: torch.device) -> "Distributed":
@@ -43,9 +44,10 @@ class Distributed:
             return cls()
         if not dist.is_available():
             raise UserError("this torch build has no torch.distributed; run without torchrun")
-        if not dist.is_initialized():
+        owns_group = not dist.is_initialized()
+        if owns_group:
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return cls(rank=dist.get_rank(), world=dist.get_world_size())
+        return cls(rank=dist.get_rank(), world=dist.get_world_size(), owns_group=owns_group)
 
     @property
     def active(self) -> bool:
@@ -102,3 +104,12 @@ class Distributed:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    def close(self) -> None:
+        """After a finished run: wait for every rank, then leave the process group this object joined. A rank
+        that exits while another still uses the group can abort in gloo's threads ("terminate called
+        without an active exception")."""
+        if self.active and self.owns_group:
+            dist.barrier()
+            dist.destroy_process_group()
+            self.owns_group = False

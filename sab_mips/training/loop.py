@@ -292,6 +292,7 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
         trainer.model.eval()
         summary["memories"] = {"path": str(record_memories), **dump_memories(
             trainer.model, trainer.task, train_cfg, record_memories, record_count)}
+    trainer.dist.close()
     return summary
 
 
