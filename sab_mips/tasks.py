@@ -65,6 +65,12 @@ class Task(ABC):
         """The training loss (a differentiable scalar) of logits (B, L, C) against y."""
 
     @abstractmethod
+    def chunk_loss(self, logits: torch.Tensor, y: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+        """The share of ``loss`` of the steps [start, start + L') of a sequence of ``steps`` steps, from their
+        logits (B, L', C): over consecutive chunks that cover the sequence the shares sum to ``loss``
+        (the memory-bounded engine takes the loss chunk by chunk)."""
+
+    @abstractmethod
     def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Evaluation metrics as plain floats; always includes ``loss`` and ``primary``."""
 
@@ -113,6 +119,11 @@ class CopyTask(Task):
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def chunk_loss(self, logits: torch.Tensor, y: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+        targets = y[:, start : start + logits.shape[1]]
+        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        return total / (y.shape[0] * steps)  # the mean over all B·steps targets, this chunk's part of it
 
     def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         n = self.n_digits
@@ -164,6 +175,11 @@ class AddingTask(Task):
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits[:, -1, 0], y)
+
+    def chunk_loss(self, logits: torch.Tensor, y: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+        if start + logits.shape[1] < steps:  # only the last step is scored
+            return logits.new_zeros(())
+        return self.loss(logits, y)
 
     def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         mse = self.loss(logits, y).item()

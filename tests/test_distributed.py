@@ -21,7 +21,8 @@ def train(run_dir: Path, processes: int, *extra: str) -> None:
                "--run-dir", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # a failed rank's own message comes first; torchrun's report of it last
+    assert done.returncode == 0, f"{done.stderr[:1500]}\n...\n{done.stderr[-1500:]}"
 
 
 def parameters(run_dir: Path) -> torch.Tensor:

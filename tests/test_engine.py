@@ -98,18 +98,24 @@ def test_engine_reports_what_the_pass_measured():
     assert out.loss == pytest.approx(loss_fn(plain.logits, y).item())
 
 
-def test_engine_on_a_task_loss():
-    task = get_task("copy")
+@pytest.mark.parametrize("name", ["copy", "adding"])
+@pytest.mark.parametrize("split", [False, True], ids=["whole-loss", "chunk-loss"])
+def test_engine_on_a_task_loss(name, split):
+    """With the task's loss taken whole, or chunk by chunk in the sweep (``chunk_loss``), the engine gives
+    plain autograd's loss and gradients."""
+    task = get_task(name)
     torch.manual_seed(0)
-    model = build_model(SABConfig(preset="paper", input_size=10, output_size=10, hidden_size=8, k_top=2, k_att=2,
-                                  k_trunc=3), dtype=torch.float64)
+    model = build_model(SABConfig(preset="paper", input_size=task.input_size, output_size=task.output_size,
+                                  hidden_size=8, k_top=2, k_att=2, k_trunc=3), dtype=torch.float64)
     x, y = task.make_batch(12, 2, torch.Generator().manual_seed(0))
-    x = x.double()
+    x, y = x.double(), (y.double() if y.is_floating_point() else y)
     model.zero_grad()
-    task.loss(model(x), y).backward()
+    loss = task.loss(model(x), y)
+    loss.backward()
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.forward_backward(x, y, task.loss, chunk=6)
+    out = model.forward_backward(x, y, task.loss, chunk=6, chunk_loss=task.chunk_loss if split else None)
+    assert out.loss.item() == pytest.approx(loss.item(), rel=1e-12)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, plain[n], rtol=0, atol=1e-10 * max(plain[n].abs().max().item(), 1e-30))
 

@@ -86,3 +86,22 @@ def test_too_small_T_is_refused(name):
 def test_unknown_task_lists_valid_names():
     with pytest.raises(ValueError, match="valid choices: copy, adding"):
         get_task("nope")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("bounds", [[0, 40], [0, 7, 8, 33, 40], [0, 39, 40]], ids=str)
+def test_chunk_losses_sum_to_the_loss(name, bounds):
+    """The shares of consecutive chunks (what the engine takes in its sweep) add up to the loss, with its
+    gradient; a share computed over the wrong steps or with the wrong normaliser would not."""
+    task = TASKS[name]
+    x, y = task.make_batch(task.min_T + 38 if name == "adding" else 20, 3, torch.Generator().manual_seed(2))
+    steps = x.shape[1]
+    assert steps == 40
+    logits = torch.randn(3, steps, task.output_size, dtype=torch.float64, requires_grad=True)
+    y = y.double() if y.is_floating_point() else y
+    whole = task.loss(logits, y)
+    (grad_whole,) = torch.autograd.grad(whole, logits)
+    shares = sum(task.chunk_loss(logits[:, a:b], y, a, steps) for a, b in zip(bounds, bounds[1:]))
+    (grad_shares,) = torch.autograd.grad(shares, logits)
+    assert shares.item() == pytest.approx(whole.item(), rel=1e-12)
+    torch.testing.assert_close(grad_shares, grad_whole, rtol=0, atol=1e-15)

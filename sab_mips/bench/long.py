@@ -65,7 +65,7 @@ def measure(model_name: str, T: int, args: argparse.Namespace) -> dict:
     optimizer.zero_grad(set_to_none=True)
     row = {"model": model_name, "T": T}
     if model_name in ("sab-engine", "sab-mips"):
-        out = model.forward_backward(x, y, task.loss, chunk=args.chunk,
+        out = model.forward_backward(x, y, task.loss, chunk=args.chunk, chunk_loss=task.chunk_loss,
                                      audit_every=args.audit_every if model_name == "sab-mips" else 0)
         logits = out.logits
         if "recall" in out.stats.as_metrics():

@@ -14,7 +14,9 @@ segments) that interact only through the memory slots. The engine
    after it (already swept) and by later steps of its own chunk. Then the chunk's graph is freed.
 
 Peak memory: the slots and their gradients (2·B·N·H), the logits and their gradients (2·B·T·O), the candidate
-ids (S·B·C int32) and one chunk's graph. Cost: one forward without a graph, then one forward with a graph
+ids (S·B·C int32) and one chunk's graph. With a ``chunk_loss`` (a loss that splits over chunks of steps,
+as the tasks' losses do) the loss is taken chunk by chunk in the sweep too, and of the logits only
+the values (B·T·O) are held. Cost: one forward without a graph, then one forward with a graph
 and one backward, about 1.3× a plain step. The gradients equal plain autograd's (``tests/test_engine.py``,
 float64, to 1e-10): the engine only changes when, not what, is computed.
 
@@ -26,15 +28,23 @@ from typing import Callable
 
 import torch
 
+# chunk_loss(logits of steps [a, b), y, a, T) -> that chunk's share of the loss
+ChunkLoss = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
+
 
 def forward_backward(model, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                     chunk: int = 1000, **options):
+                     chunk: int = 1000, chunk_loss: ChunkLoss | None = None, **options):
     """``model.forward_backward``: the loss of ``loss_fn(model(x), y)``, its gradient accumulated into the
     parameters' ``.grad`` (and into ``x.grad`` when x requires it), and the pass's ``SABOutput``.
 
     chunk: steps re-run at once in the backward sweep (rounded to a multiple of ``k_trunc``): the memory
         of one chunk's graph against the Python overhead of many small ones. ``options`` are those of
         ``SABLayer.initial_state`` (retrieval, replay, record, audit_every, diagnostics).
+    chunk_loss: ``chunk_loss(logits[:, a:b], y, a, T)``, the share of ``loss_fn(logits, y)`` that steps
+        [a, b) contribute (the shares of consecutive chunks sum to the loss; e.g. ``Task.chunk_loss``).
+        With it, each chunk's share and its gradient are taken in the backward sweep, from the logits
+        re-run there, instead of once over the whole sequence: the (B, T, O) logit gradient and the
+        whole-sequence loss graph (about three logit-sized buffers at its peak) are never held.
     """
     layer, head, cfg = model.layer, model.head, model.config
     if not layer.retrieves:
@@ -57,10 +67,13 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[
             if logits is None:
                 logits = out.new_empty(B, T, out.shape[2])
             logits[:, a : a + chunk] = out
-    with torch.enable_grad():
-        leaf = logits.detach().requires_grad_()
-        loss = loss_fn(leaf, y)
-        (grad_logits,) = torch.autograd.grad(loss, leaf)
+    if chunk_loss is None:
+        with torch.enable_grad():
+            leaf = logits.detach().requires_grad_()
+            loss = loss_fn(leaf, y)
+            (grad_logits,) = torch.autograd.grad(loss, leaf)
+    else:
+        loss, grad_logits = logits.new_zeros(()), None
     candidates = state.take_candidates()  # (S, B, C)
     ends = [s[4] for s in starts[1:]] + [state.attention_steps]
     for (a, h, c, slots_before, first_step), last_step in zip(reversed(starts), reversed(ends)):
@@ -70,12 +83,18 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[
         chunk_state.h, chunk_state.c, chunk_state.t = h, c, a
         with torch.enable_grad():
             features, _ = layer(x[:, a : a + chunk], chunk_state)
-            roots, grads = [head(features)], [grad_logits[:, a : a + chunk]]
+            if chunk_loss is None:
+                roots, grads = [head(features)], [grad_logits[:, a : a + chunk]]
+            else:
+                share = chunk_loss(head(features), y, a, T)
+                loss = loss + share.detach()
+                roots, grads = ([share], [torch.ones_like(share)]) if share.requires_grad else ([], [])
             token = chunk_state.memory.token
             if token is not None and token.requires_grad:
                 # the chunk's last slots may be read only by later chunks: through the token their writes
                 # still run backward and take the gradient those chunks deposited
                 roots.append(token)
                 grads.append(torch.zeros_like(token))
-            torch.autograd.backward(roots, grads)
+            if roots:
+                torch.autograd.backward(roots, grads)
     return model.output(logits, state, options, loss=loss.detach())

@@ -121,11 +121,12 @@ class SABLSTM(nn.Module):
         return self.output(torch.cat(logits, dim=1), state, options)
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                         chunk: int = 1000, **options) -> SABOutput:
+                         chunk: int = 1000, chunk_loss=None, **options) -> SABOutput:
         """The loss of ``loss_fn(logits, y)`` and its gradient in every parameter's ``.grad`` (accumulated, as
-        ``backward`` does), in memory that grows with the number of slots, not with T (``engine``)."""
+        ``backward`` does), in memory that grows with the number of slots, not with T (``engine``).
+        ``chunk_loss``: the loss split over chunks of steps (e.g. ``Task.chunk_loss``), to hold less."""
         check_input(self, x, self.config.input_size)
-        return forward_backward(self, x, y, loss_fn, chunk, **options)
+        return forward_backward(self, x, y, loss_fn, chunk, chunk_loss=chunk_loss, **options)
 
     @torch.no_grad()
     def collect_memories(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -157,12 +157,13 @@ class Trainer:
         rng_before = rng_state(self.device) if cosine_audit else None
         if self.uses_engine(x.shape[1]):
             self.optimizer.zero_grad(set_to_none=True)
-            out = model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, audit_every=audit_every,
-                                         diagnostics=True)
+            out = model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, chunk_loss=task.chunk_loss,
+                                         audit_every=audit_every, diagnostics=True)
             logits = out.logits
 
             def exact_backward() -> None:
-                model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, retrieval="exact")
+                model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, chunk_loss=task.chunk_loss,
+                                       retrieval="exact")
                 self.dist.average_gradients(model.parameters())
         else:
             if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
