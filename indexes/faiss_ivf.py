@@ -85,6 +85,9 @@ class FaissIVF(FaissIndex):
         size = self._train_size()
         quantizer = faiss.IndexFlatIP(self.dim)
         native = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        # FAISS warns on every training below 39 points per centroid; min_train is that number, chosen
+        # by the user, so the warning (one line per sequence and training) would only flood the logs
+        native.cp.min_points_per_centroid = min(native.cp.min_points_per_centroid, self.get_param("min_train"))
         native.train(self._native_vectors(b, self._store.view()[b, :size]))
         self._trained_on[b] = size
         self._trainings += 1

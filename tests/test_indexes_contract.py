@@ -285,3 +285,16 @@ def test_cuda_tensors_in_cuda_results_out(spec: str) -> None:
     scores, ids = index.search(queries.cuda(), K)
     assert scores.is_cuda and ids.is_cuda
     check_well_formed(keys, queries, scores.cpu(), ids.cpu())
+
+
+def test_ivf_below_faiss_points_per_centroid_trains_quietly(capfd) -> None:
+    """``min_train`` below FAISS's 39 points per centroid is the user's choice: no warning per training."""
+    reason = REGISTRY["faiss"].unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    index = make_index("faiss:IVF4,nprobe=2,min_train=4")
+    index.reset(batch_size=2, dim=8)
+    index.add(torch.randn(2, 20, 8, generator=torch.Generator().manual_seed(0)))
+    index.search(torch.randn(2, 8), 3)
+    assert index.stats()["trainings"] == 2
+    assert "WARNING clustering" not in capfd.readouterr().err
