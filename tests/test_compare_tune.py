@@ -133,3 +133,12 @@ def test_tune_live_runs(tmp_path, memories, capsys):
         assert row["live_sec_per_update"] > 0
     assert _tune(memories, tmp_path / "t", "--backend", "alsh", "--grid", "K=4", "--live-steps", "2") == 2
     assert "need both --live-config" in capsys.readouterr().err
+
+
+def test_tune_live_config_is_read_like_a_train_config(tmp_path, memories, capsys):
+    """The live runs' config goes through the same merge as ``train --config``: a size the task sets is refused."""
+    config = tmp_path / "live.json"
+    config.write_text(json.dumps({"model": {"hidden_size": 8, "input_size": 3}, "train": {"task": "copy", "T": 6}}))
+    assert _tune(memories, tmp_path / "t", "--backend", "alsh", "--grid", "K=4", "--live-config", str(config),
+                 "--live-steps", "1") == 2
+    assert "input_size=3 does not match task 'copy'" in capsys.readouterr().err

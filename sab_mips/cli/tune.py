@@ -32,13 +32,12 @@ from typing import Any
 from ..devices import DEVICE_HELP
 from ..errors import UserError
 from ..io import read_json, write_json
-from ..model import SABConfig
 from ..plots import plot_tuning
 from ..retrieval.tuning import measure, pareto, recommend, settings
-from ..training import TrainConfig, train
+from ..training import train
 from ..training.rundir import CHECKPOINT_FILE, METRICS_FILE, read_metrics
 from ..training.summary import slug
-from .flags import read_config_file
+from .flags import merge_configs
 
 HELP = "sweep index parameters on recorded memories: recall-vs-time frontier, recommendation"
 
@@ -100,10 +99,10 @@ def parse_grid(items: list[str], from_file: dict[str, Any] | None = None) -> dic
 def live_runs(points: list[tuple[str, int]], rows: list[dict[str, Any]], config: str, steps: int, out: Path,
               device: str = "auto") -> None:
     """Train ``steps`` updates per setting (every attention step audited); add live_* columns to ``rows``."""
-    model_values, train_values = read_config_file(config, "--live-config file")
-    train_cfg = TrainConfig.from_dict({**train_values, "steps": steps, "audit_every": 1, "grad_cosine_every": 0})
     for (spec, k_cand), row in zip(points, rows):
-        model_cfg = SABConfig.from_dict({**model_values, "model": "sab", "retrieval": spec, "k_cand": k_cand})
+        # the config file as ``train --config`` reads it (task-sized fields, validation), this setting on top
+        model_cfg, train_cfg = merge_configs({"model": "sab", "retrieval": spec, "k_cand": k_cand},
+                                             {"steps": steps, "audit_every": 1, "grad_cosine_every": 0}, config)
         run_dir = out / "live" / f"{slug(spec)}-k_cand={k_cand}"
         train(model_cfg, train_cfg, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file(), progress=False, device=device)
         lines = [r for r in read_metrics(run_dir / METRICS_FILE) if r.get("split") == "train"]
