@@ -161,7 +161,9 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, pri
         steps, losses = _series(records, "loss")
         if steps:
             ax_loss.plot(steps, _running_mean(losses, max(1, len(losses) // 25)), lw=1.2, **line)
-        steps, values = _series(records, primary, "eval")
+        # the run's own evaluations (at its eval_T); an `eval` of the run at another length (source) is not
+        # a point of its learning curve
+        steps, values = _series([r for r in records if "source" not in r], primary, "eval")
         if steps:
             ax_eval.plot(steps, values, marker="o", ms=3, **line)
         steps, values = _series(records, "recall")
