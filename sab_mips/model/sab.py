@@ -30,7 +30,7 @@ from torch import nn
 from ..retrieval.stats import RetrievalStats
 from .config import SABConfig
 from .diagnostics import AttentionDiagnostics
-from .engine import forward_backward
+from .engine import ChunkLoss, forward_backward
 from .inputs import check_input
 from .layer import DenseAttentionLayer, SABLayer
 from .record import AttentionRecord
@@ -121,7 +121,7 @@ class SABLSTM(nn.Module):
         return self.output(torch.cat(logits, dim=1), state, options)
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                         chunk: int = 1000, chunk_loss=None, **options) -> SABOutput:
+                         chunk: int = 1000, chunk_loss: ChunkLoss | None = None, **options) -> SABOutput:
         """The loss of ``loss_fn(logits, y)`` and its gradient in every parameter's ``.grad`` (accumulated, as
         ``backward`` does), in memory that grows with the number of slots, not with T (``engine``).
         ``chunk_loss``: the loss split over chunks of steps (e.g. ``Task.chunk_loss``), to hold less."""
