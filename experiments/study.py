@@ -64,7 +64,7 @@ def train_one(run_dir: Path, flags: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    todo = runs(load_plan(args.plan))
+    todo = [r for r in runs(load_plan(args.plan)) if args.seeds is None or r[1] in args.seeds]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         codes = list(pool.map(lambda r: train_one(r[2], r[3]), todo))
     return 0 if all(c == 0 for c in codes) else 1
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="train every run of the plan (resuming unfinished ones)")
     run.add_argument("plan", type=Path)
     run.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    run.add_argument("--seeds", type=int, nargs="+", help="run only these seeds of the plan (to share the cores "
+                     "between invocations without two of them training the same run)")
     table = sub.add_parser("table", help="a Markdown table over seeds")
     table.add_argument("plan", type=Path)
     table.add_argument("--at", type=int, nargs="+", default=[2500, 5000, 10000], help="updates to report at")

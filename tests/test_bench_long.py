@@ -15,17 +15,19 @@ def test_long_benchmark_measures_each_row_in_a_child_and_skips_what_it_projects_
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["T"]) for r in rows] == [("sab-engine", 40), ("sab-mips", 40), ("sab-engine", 4000),
                                                      ("sab-mips", 4000)]
-    assert all(r["peak_gib"] > 0 and r["ms_per_step"] > 0 for r in rows[:2])
+    assert all(r["peak_gib"] >= r["base_gib"] > 0 and r["ms_per_step"] > 0 for r in rows[:2])
     assert 0 <= rows[1]["recall"] <= 1 and 0 <= rows[1]["mass_recovered"] <= 1 and "recall" not in rows[0]
     assert all(0 <= r["accuracy"] <= 1 and r["loss"] > 0 for r in rows[:2])  # what each update computed
     assert all(r["skipped"].startswith("not run: projected") for r in rows[2:])
     assert out.with_suffix(".png").is_file() and "peak GiB" in capsys.readouterr().out
 
 
-def test_projection_is_proportional_to_T():
+def test_projection_is_proportional_to_T_above_the_base_memory():
     rows = [{"model": "m", "T": 10, "seconds": 6.0, "peak_gib": 1.0}, {"model": "m", "T": 100, "seconds": 60.0,
                                                                        "peak_gib": 2.0}]
-    assert projected(rows, "m", 1000) == (20.0, 10.0)
+    assert projected(rows, "m", 1000) == (20.0, 10.0)  # no base recorded: all of it proportional
+    rows[1]["base_gib"] = 0.5  # the interpreter, torch and the model do not grow with T
+    assert projected(rows, "m", 1000) == (0.5 + 1.5 * 10, 10.0)
     assert projected(rows, "other", 1000) is None
 
 

@@ -12,8 +12,10 @@ Every row also reports the loss and accuracy its update computed on the copy bat
 trained copy model) they show that the update at that length still solves the task.
 
 Each row runs in a fresh child process, so its peak resident memory (``ru_maxrss``) is its own. A row whose
-projection from the same row at the largest T measured (memory and time taken as proportional to T) exceeds
-``--max-gib`` or ``--max-minutes`` is reported as "not run: projected ..." instead. Prints a table, writes
+projection from the same row at the largest T measured exceeds ``--max-gib`` or ``--max-minutes`` is reported as
+"not run: projected ..." instead: time is taken as proportional to T, and so is memory above the process's
+resident size before the batch was made (the interpreter, torch and the model: ``base_gib``, which does not grow
+with T). Prints a table, writes
 JSON and a log-log plot. Never asserts.
 
 Run: ``sab-mips bench long --T 1000 10000 100000 1000000``.
@@ -58,6 +60,7 @@ def measure(model_name: str, T: int, args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    base = peak_rss_gib()  # what does not grow with T: the interpreter, torch, the model
     x, y = task.make_batch(T - 2 * task.n_digits, args.batch_size, batch_generator(args.seed, 0, "train"))
     x, y = x.to(device), y.to(device)
     synchronize(device)
@@ -84,8 +87,13 @@ def measure(model_name: str, T: int, args: argparse.Namespace) -> dict:
     row["device"] = str(device)
     if device.type == "cuda":
         row["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
-    return {**row, "seconds": seconds, "ms_per_step": 1e3 * seconds / x.shape[1], "peak_gib": peak / 2**30}
+    return {**row, "seconds": seconds, "ms_per_step": 1e3 * seconds / x.shape[1], "peak_gib": peak_rss_gib(),
+            "base_gib": base}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, GiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
 
 
 def run_child(model_name: str, T: int, args: argparse.Namespace, argv: list[str]) -> dict:
@@ -100,12 +108,14 @@ def run_child(model_name: str, T: int, args: argparse.Namespace, argv: list[str]
 
 
 def projected(rows: list[dict], model_name: str, T: int) -> tuple[float, float] | None:
-    """(GiB, minutes) at T from this model's largest measured T, taken as proportional to T."""
+    """(GiB, minutes) at T from this model's largest measured T: time proportional to T, and memory too
+    above the row's ``base_gib`` (0 for rows that did not record it)."""
     done = [r for r in rows if r["model"] == model_name and "seconds" in r]
     if not done:
         return None
-    base = max(done, key=lambda r: r["T"])
-    return base["peak_gib"] * T / base["T"], base["seconds"] * T / base["T"] / 60
+    last = max(done, key=lambda r: r["T"])
+    base = last.get("base_gib", 0.0)
+    return base + (last["peak_gib"] - base) * T / last["T"], last["seconds"] * T / last["T"] / 60
 
 
 def format_table(rows: list[dict]) -> str:
