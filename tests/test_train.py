@@ -234,6 +234,30 @@ def test_variable_length_training_draws_each_update_length_from_the_seed(tmp_pat
     assert evaluated == {6}  # evaluation stays at T
 
 
+def test_log_uniform_lengths_follow_their_distribution():
+    """Each length n of [T_min, T] comes with probability log((n+1)/n) / log((T+1)/T_min), from the seed alone."""
+    import math
+
+    from sab_mips.training.config import train_length
+
+    cfg = TrainConfig(T=40, T_min=4, T_draw="log-uniform", seed=3)
+    draws = 20000
+    lengths = [train_length(cfg, s) for s in range(draws)]
+    assert min(lengths) == 4 and max(lengths) == 40
+    for n in (4, 5, 10, 20, 40):
+        p = math.log((n + 1) / n) / math.log(41 / 4)
+        observed = lengths.count(n) / draws
+        assert abs(observed - p) < 5 * math.sqrt(p * (1 - p) / draws), (n, observed, p)
+    assert lengths[:50] == [train_length(cfg, s) for s in range(50)]  # a resumed run draws the same
+    uniform = [train_length(cfg.replace(T_draw="uniform"), s) for s in range(2000)]
+    assert sum(lengths[:2000]) < 0.8 * sum(uniform)  # shorter on average: 15.5 against 22 expected
+
+
+def test_length_draw_must_be_known():
+    with pytest.raises(UserError, match="T_draw"):
+        TrainConfig(T=6, T_min=2, T_draw="gaussian")
+
+
 @pytest.mark.parametrize("T_min, message", [(0, "T_min"), (7, "T_min must be <= T")])
 def test_variable_length_training_refuses_bad_bounds(T_min, message):
     with pytest.raises(UserError, match=message):

@@ -13,6 +13,7 @@ from ..tasks import batch_generator
 EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
 ENGINES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
+LENGTH_DRAWS = ("uniform", "log-uniform")
 ENGINE_MIN_STEPS = 2000  # engine="auto": SAB sequences at least this long train with the memory-bounded engine
 
 
@@ -26,6 +27,10 @@ class TrainConfig(Config):
                                      "[T_min, T] (a pure function of the seed and the update's index, like its "
                                      "data); short sequences teach the retrieval that long ones need. None: "
                                      "every update uses T.")
+    T_draw: str = option("uniform", "variable-length training: how each length is drawn from [T_min, T]: uniform, "
+                                    "or log-uniform (as many lengths in [10, 20] as in [100, 200]: the short "
+                                    "sequences, where top-K selection finds the slots that matter, stay frequent "
+                                    "as T grows).")
     eval_T: int | None = option(None, "length used by periodic evaluation (None: same as T).")
     batch_size: int = option(64, "sequences per update.")
     lr: float = option(1e-3, "Adam learning rate.")
@@ -63,6 +68,7 @@ class TrainConfig(Config):
             number(name, getattr(self, name))
         choice("engine", self.engine, ENGINES)
         choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        choice("T_draw", self.T_draw, LENGTH_DRAWS)
         non_negative_int("warmup", self.warmup, "0: none")
         require(0 <= self.min_lr <= 1, f"min_lr must be in [0, 1] (a fraction of lr), got {self.min_lr!r}")
         positive_int("engine_chunk", self.engine_chunk)
@@ -82,12 +88,17 @@ class TrainConfig(Config):
 
 
 def train_length(cfg: TrainConfig, step: int) -> int:
-    """The length parameter of update ``step`` (0-based): T, or with ``T_min`` a uniform draw from [T_min, T]
-    that depends only on (seed, step), so a resumed run draws the same lengths."""
+    """The length parameter of update ``step`` (0-based): T, or with ``T_min`` a draw from [T_min, T] (uniform or
+    log-uniform, ``T_draw``) that depends only on (seed, step), so a resumed run draws the same lengths."""
     if cfg.T_min is None:
         return cfg.T
     generator = batch_generator(cfg.seed, step, "length")
-    return cfg.T_min + int(torch.randint(cfg.T - cfg.T_min + 1, (), generator=generator))
+    if cfg.T_draw == "uniform":
+        return cfg.T_min + int(torch.randint(cfg.T - cfg.T_min + 1, (), generator=generator))
+    # log-uniform over the integers: floor(exp(u)) for u uniform in [log T_min, log(T + 1))
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    low, high = math.log(cfg.T_min), math.log(cfg.T + 1)
+    return min(cfg.T, max(cfg.T_min, math.floor(math.exp(low + u * (high - low)))))
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:

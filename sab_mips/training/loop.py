@@ -248,7 +248,8 @@ class Trainer:
         cfg, primary = self.train_cfg, self.task.primary
         stopped = "steps"
         self.model.train()
-        lengths = f"{cfg.T_min}-{cfg.T}" if cfg.T_min is not None else f"{cfg.T}"
+        draw = " log-uniform" if cfg.T_draw == "log-uniform" else ""
+        lengths = f"{cfg.T_min}-{cfg.T}{draw}" if cfg.T_min is not None else f"{cfg.T}"
         description = f"{self.task.name} T={lengths} {self.model_cfg.model}"
         try:
             with Progress(description, cfg.steps, cfg.time_budget, self.step, self.elapsed, self.progress) as bar:
