@@ -1,6 +1,6 @@
 """PNG figures: learning curves from metrics.jsonl, an attention map from one forward pass, the retrieval
 audits of a SAB-MIPS run, several runs overlaid (``sab-mips compare``), a tuning sweep (``sab-mips tune``)
-and recall against search time (``sab-mips bench retrieval``).
+recall against search time (``sab-mips bench retrieval``) and a run evaluated at other lengths (``sab-mips eval``).
 
 Matplotlib runs on the Agg backend (files only, no screen), so plotting works on headless machines and CI.
 
@@ -210,6 +210,37 @@ def plot_recall_vs_time(rows: list[dict[str, Any]], dataset: str, path: str | Pa
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, path, dpi=110)
+
+
+def plot_transfer(records: list[dict[str, Any]], path: str | Path, primary: str, own_retrieval: str,
+                  title: str = "") -> Path:
+    """Three panels from the evaluations ``sab-mips eval`` added to a run (lines with a ``source``): the
+    ``primary`` metric, milliseconds per step and recall@k_top against T (log scale), one line per retrieval
+    (``own_retrieval`` for evaluations with the run's own index). Several evaluations at one (retrieval, T)
+    are all drawn; the line goes through their mean. Evaluations with another batch size get their own line
+    (time per step depends on it)."""
+    evals = [r for r in records if r.get("split") == "eval" and "source" in r and primary in r]
+
+    def group(r: dict[str, Any]) -> str:
+        return r.get("retrieval", own_retrieval) + (f", B={r['batch_size']}" if "batch_size" in r else "")
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = ((primary, primary), ("ms_per_step", "ms per time step"), ("recall", "recall@k_top vs exact search"))
+    for i, label in enumerate(dict.fromkeys(group(r) for r in evals)):
+        mine = [r for r in evals if group(r) == label]
+        for ax, (key, _) in zip(axes, panels):
+            points = sorted((r["T"], r[key]) for r in mine if key in r)
+            if not points:
+                continue
+            lengths = sorted({T for T, _ in points})
+            means = [sum(v for T, v in points if T == L) / sum(1 for T, _ in points if T == L) for L in lengths]
+            ax.plot(lengths, means, color=f"C{i % 10}", label=label)
+            ax.plot([T for T, _ in points], [v for _, v in points], "o", ms=4, color=f"C{i % 10}")
+    for ax, (key, label) in zip(axes, panels):
+        ax.set(xscale="log", xlabel="T (evaluation length)", ylabel=label, title=label)
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no evaluation measured {key}", ha="center", va="center", transform=ax.transAxes)
+    return _finish(fig, axes, path, title, dpi=100, legend_size=7)
 
 
 def plot_long_sequences(rows: list[dict[str, Any]], path: str | Path) -> Path:

@@ -38,7 +38,7 @@ def test_train_resume_eval_plot(tmp_path, capsys):
     assert len(transfer) == 1 and transfer[0]["T"] == 6 and transfer[0]["step"] == 4
     out = tmp_path / "plots"
     assert main(["plot", "--run", str(run), "--out", str(out)]) == 0
-    for name in ("learning_curves.png", "attention.png", "diagnostics.png"):
+    for name in ("learning_curves.png", "attention.png", "diagnostics.png", "transfer.png"):  # transfer: the eval
         assert (out / name).stat().st_size > 0
 
 
@@ -48,6 +48,7 @@ def test_plot_skips_the_attention_map_of_models_without_attention(tmp_path, caps
     assert main(["plot", "--run", str(run)]) == 0
     assert "no attention" in capsys.readouterr().out
     assert (run / "learning_curves.png").stat().st_size > 0 and not (run / "attention.png").exists()
+    assert not (run / "transfer.png").exists()  # never evaluated at another length
     assert "--chunk applies to models with a memory" in _error(capsys, ["eval", "--run", str(run), "--chunk", "5"])
     assert "--audit-every applies to model 'sab' only" in _error(capsys, ["eval", "--run", str(run), "--audit-every", "1"])
 

@@ -19,3 +19,30 @@ def test_comparison_draws_only_the_runs_own_evaluations(tmp_path, monkeypatch):
                 {"split": "eval", "step": 2, "T": 10000, "accuracy": 0.4, "source": "eval"}]
     plots.plot_comparison({"run": records}, tmp_path / "c.png", "accuracy")
     assert drawn["eval"] == [[0.9]]
+
+
+def test_transfer_draws_each_retrieval_against_T_through_the_mean_of_repeated_evaluations(tmp_path, monkeypatch):
+    drawn = {}
+
+    def keep(fig, axes, path, title, dpi, legend_size=None):
+        drawn["panels"] = [[(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()]
+                           for ax in axes]
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_finish", keep)
+    records = [{"split": "eval", "step": 5, "T": 100, "accuracy": 1.0},  # the run's own evaluation: not drawn
+               {"split": "eval", "step": 5, "T": 1000, "accuracy": 0.9, "ms_per_step": 1.0, "source": "e"},
+               {"split": "eval", "step": 5, "T": 1000, "accuracy": 0.7, "ms_per_step": 3.0, "source": "e"},
+               {"split": "eval", "step": 5, "T": 10, "accuracy": 0.5, "ms_per_step": 2.0, "source": "e"},
+               {"split": "eval", "step": 5, "T": 1000, "accuracy": 0.4, "ms_per_step": 0.5, "recall": 0.8,
+                "source": "e", "retrieval": "faiss:IVF4"},
+               {"split": "eval", "step": 5, "T": 1000, "accuracy": 0.6, "source": "e", "batch_size": 8}]
+    plots.plot_transfer(records, tmp_path / "t.png", "accuracy", own_retrieval="exact")
+    accuracy, ms, recall = drawn["panels"]
+    assert accuracy[0] == ("exact", [10, 1000], [0.5, 0.8])  # the line through the mean at T=1000
+    assert sorted(accuracy[1][2]) == [0.5, 0.7, 0.9]  # every evaluation as a point
+    assert accuracy[2][0] == "faiss:IVF4" and accuracy[2][2] == [0.4]
+    assert accuracy[4][0] == "exact, B=8" and accuracy[4][2] == [0.6]  # another batch size: its own line
+    assert ms[0][2] == [2.0, 2.0]
+    assert len(recall) == 2 and recall[0][0] == "faiss:IVF4" and recall[0][2] == [0.8]  # only IVF has recall

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import torch
 
-from ..plots import plot_attention_map, plot_diagnostics, plot_learning_curves, plot_retrieval
+from ..plots import plot_attention_map, plot_diagnostics, plot_learning_curves, plot_retrieval, plot_transfer
 from ..tasks import batch_generator
 from ..training import load_run
 from ..training.rundir import METRICS_FILE, read_metrics
 
 HELP = "learning curves and attention map as PNG"
 DESCRIPTION = ("Write learning_curves.png, diagnostics.png (gradient norm; for attention models also gap sums, slot "
-               "norms, long-range attention), attention.png (models with attention) and retrieval.png (SAB-MIPS).")
+               "norms, long-range attention), attention.png (models with attention), retrieval.png (SAB-MIPS) and "
+               "transfer.png (the run evaluated at other lengths by sab-mips eval: accuracy, time per step and "
+               "recall against T).")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {plot_diagnostics(records, out / 'diagnostics.png', title)}")
     if any("retrieval_seconds" in r for r in records):
         print(f"wrote {plot_retrieval(records, out / 'retrieval.png', f'{title}, retrieval {model_cfg.retrieval}')}")
+    if any(r.get("split") == "eval" and "source" in r for r in records):
+        transfer = plot_transfer(records, out / "transfer.png", task.primary, model_cfg.retrieval,
+                                 f"{title}: evaluated at other lengths")
+        print(f"wrote {transfer}")
     T = train_cfg.eval_T or train_cfg.T
     x, _ = task.make_batch(T, 1, batch_generator(train_cfg.seed, 0, "eval"))
     model.eval()
