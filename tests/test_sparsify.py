@@ -130,6 +130,20 @@ def test_softmax_top_k_matches_reference_values_and_gradients(k):
     assert ((fast[valid_rows] > 0).sum(dim=1) == torch.tensor([min(k, 9), min(k, 5), *[min(k, 9)] * 3])).all()
 
 
+@pytest.mark.parametrize("explore", [0, 2])
+def test_softmax_top_k_without_padding_skips_the_masks_and_gives_the_same_bits(explore):
+    scores = random_scores()
+    fast_in, masked_in = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    fast = softmax_topk_weights(fast_in, 4, explore=explore, all_valid=True)
+    masked = softmax_topk_weights(masked_in, 4, explore=explore)
+    assert torch.equal(fast, masked)
+    upstream = random_scores(seed=1)
+    (fast * upstream).sum().backward()
+    (masked * upstream).sum().backward()
+    assert torch.equal(fast_in.grad, masked_in.grad)
+    torch.testing.assert_close(fast, softmax_topk_weights_reference(scores, 4, explore), rtol=0, atol=1e-12)
+
+
 def test_softmax_top_k_gradcheck_and_bounded_gradient_at_ties():
     scores = random_scores(B=3, C=6).requires_grad_()
     assert torch.autograd.gradcheck(lambda s: softmax_topk_weights(s, 3), (scores,))

@@ -235,7 +235,8 @@ class SABLayer(nn.Module):
             slots = state.memory.read(ids)  # (B, C, H), in the graph
             scores = self._score(h_hat, state, query, slots)  # (B, C), in the graph
             if self.config.sparsifier == "softmax":
-                weights = softmax_topk_weights(scores, k, valid=None if full else ids >= 0, explore=explore)
+                weights = softmax_topk_weights(scores, k, valid=None if full else ids >= 0, explore=explore,
+                                               all_valid=full)
             elif full:
                 weights = sparse_attention_weights(scores, k, eps, all_valid=True)
             else:

@@ -63,7 +63,8 @@ def attend_forward(slots: torch.Tensor, query: torch.Tensor, key_weight: torch.T
     if spec.sparsifier == "relu":
         weights, active, total, delta_index = _relu_weights(scores, valid, spec.k, spec.eps)
     else:
-        weights, active, total, delta_index = softmax_topk_weights(scores, spec.k, valid, spec.explore), None, None, None
+        weights = softmax_topk_weights(scores, spec.k, valid, spec.explore, all_valid=valid is None)
+        active = total = delta_index = None
     summary = (weights.unsqueeze(2) * slots).sum(dim=1)
     saved = (slots, query, key_weight, weights, active, total, delta_index, unit, norms)
     return summary, weights, scores, saved
@@ -88,7 +89,7 @@ def attend_backward(grad_summary: torch.Tensor, saved, spec: AttentionSpec):
     g_keys = (g_unit - unit * (unit * g_unit).sum(dim=2, keepdim=True)) / norms
     g_keys = torch.where(norms < NORM_FLOOR, g_unit / NORM_FLOOR, g_keys)  # clamped norm: a plain division
     g_slots = g_slots + g_keys @ key_weight
-    g_key_weight = torch.einsum("bcd,bch->dh", g_keys, slots)
+    g_key_weight = g_keys.reshape(-1, g_keys.shape[2]).t().mm(slots.reshape(-1, slots.shape[2]))  # Σ_bc g_k mᵀ
     return g_slots, g_query, g_key_weight
 
 

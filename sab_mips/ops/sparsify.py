@@ -113,14 +113,15 @@ def sparse_attention_weights_reference(scores: torch.Tensor, k: int, eps: float 
 
 
 def softmax_topk_weights(scores: torch.Tensor, k: int, valid: torch.Tensor | None = None,
-                         explore: int = 0) -> torch.Tensor:
+                         explore: int = 0, all_valid: bool = False) -> torch.Tensor:
     """A softmax over the K largest valid scores of each row (B, C); every other entry gets weight 0.
 
     Exactly min(K, valid count) non-zero weights, as with the ReLU rule, but the gradient with respect to
     the scores is the softmax's, bounded whatever the gaps between scores (no 1/Σ(a − δ) factor near ties).
     Padding is marked by ``valid`` (B, C) or, without it, by ``-inf`` scores; a row with no valid entry
     gets all zeros. With ``explore`` = R > 0 the last R columns (exploration candidates) always take part
-    in the softmax, and the K largest are chosen among the first C − R.
+    in the softmax, and the K largest are chosen among the first C − R. ``all_valid=True`` promises that
+    every entry is a real, finite score, which skips the masking (the same result, bit for bit).
 
     Example::
 
@@ -130,7 +131,10 @@ def softmax_topk_weights(scores: torch.Tensor, k: int, valid: torch.Tensor | Non
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    # without ``valid``, padding is already -inf: nothing to mask (the fused attention step relies on this)
+    if all_valid:  # the hot path of SAB with a full candidate set: no padding to keep out
+        values, index = top_k_and_explored(scores, k, explore)
+        return torch.zeros_like(scores).scatter(1, index, torch.softmax(values, dim=1))
+    # without ``valid``, padding is already -inf: nothing to mask
     masked = scores if valid is None else scores.masked_fill(~valid, float("-inf"))
     values, index = top_k_and_explored(masked, k, explore)
     keep = torch.isfinite(values)
