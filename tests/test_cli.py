@@ -42,6 +42,20 @@ def test_train_resume_eval_plot(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
 
 
+def test_plot_draws_the_attention_map_of_a_long_run_at_a_bounded_length(tmp_path, capsys, monkeypatch):
+    """A (T, T) map of a run trained at T=10^5 would not fit in memory: it is drawn at MAX_MAP_T."""
+    from sab_mips.cli import plot as plot_command
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY_SAB, *TINY_RUN, "--T", "9", "--steps", "1", "--run-dir", str(run)]) == 0
+    drawn = []
+    monkeypatch.setattr(plot_command, "MAX_MAP_T", 4)
+    monkeypatch.setattr(plot_command, "plot_attention_map", lambda attention, path, title: drawn.append(attention.shape))
+    assert main(["plot", "--run", str(run)]) == 0
+    assert "drawn at T=4" in capsys.readouterr().out
+    assert drawn == [(4 + 20, 4 + 20)]  # copy at T=4: 10 digits, 3 blanks and a marker, 10 outputs
+
+
 def test_plot_skips_the_attention_map_of_models_without_attention(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", "lstm", "--hidden-size", "8", *TINY_RUN, "--steps", "1", "--run-dir", str(run)]) == 0

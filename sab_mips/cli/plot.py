@@ -12,6 +12,7 @@ from ..training import load_run
 from ..training.rundir import METRICS_FILE, read_metrics
 
 HELP = "learning curves and attention map as PNG"
+MAX_MAP_T = 1000  # the attention map is a dense (T, T) matrix: longer runs are drawn at this length
 DESCRIPTION = ("Write learning_curves.png, diagnostics.png (gradient norm; for attention models also gap sums, slot "
                "norms, long-range attention), attention.png (models with attention), retrieval.png (SAB-MIPS) and "
                "transfer.png (the run evaluated at other lengths by sab-mips eval: accuracy, time per step and "
@@ -37,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
         transfer = plot_transfer(records, out / "transfer.png", task.primary, model_cfg.retrieval,
                                  f"{title}: evaluated at other lengths")
         print(f"wrote {transfer}")
-    T = train_cfg.eval_T or train_cfg.T
+    T = min(train_cfg.eval_T or train_cfg.T, MAX_MAP_T)
+    if T < (train_cfg.eval_T or train_cfg.T):
+        print(f"note: the attention map is drawn at T={T}: a (T, T) map of the run's T={train_cfg.eval_T or train_cfg.T} "
+              f"would not fit in memory")
     x, _ = task.make_batch(T, 1, batch_generator(train_cfg.seed, 0, "eval"))
     model.eval()
     with torch.no_grad():
