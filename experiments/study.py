@@ -65,6 +65,8 @@ def train_one(run_dir: Path, flags: list[str]) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     todo = [r for r in runs(load_plan(args.plan)) if args.seeds is None or r[1] in args.seeds]
+    if args.steps is not None:  # the last --steps flag wins
+        todo = [(name, seed, run_dir, [*flags, "--steps", str(args.steps)]) for name, seed, run_dir, flags in todo]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         codes = list(pool.map(lambda r: train_one(r[2], r[3]), todo))
     return 0 if all(c == 0 for c in codes) else 1
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     run.add_argument("--seeds", type=int, nargs="+", help="run only these seeds of the plan (to share the cores "
                      "between invocations without two of them training the same run)")
+    run.add_argument("--steps", type=int, help="stop each run at this many updates instead of the plan's (running "
+                     "the plan again later continues the same runs)")
     table = sub.add_parser("table", help="a Markdown table over seeds")
     table.add_argument("plan", type=Path)
     table.add_argument("--at", type=int, nargs="+", default=[2500, 5000, 10000], help="updates to report at")

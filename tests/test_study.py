@@ -36,3 +36,19 @@ def test_run_and_table_on_a_tiny_plan(tmp_path, capsys):
     cells = [c.strip() for c in row.strip("|").split("|")]
     # columns: setting, @2, @4, @8, at the end, best, updates done, ...; the end is the eval at step 4
     assert cells[4] == cells[2] and cells[6] == "4, 4"
+
+
+def test_run_only_some_seeds_and_fewer_steps_then_continue(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({
+        "root": str(tmp_path / "runs"),
+        "common": ["--task", "copy", "--T", "3", "--hidden-size", "8", "--batch-size", "2", "--steps", "4",
+                   "--eval-every", "2", "--eval-batches", "1"],
+        "settings": {"lstm": {"flags": ["--model", "lstm"], "seeds": [0, 1]}}}))
+    assert study.main(["run", str(plan), "--seeds", "1", "--steps", "2", "--parallel", "1"]) == 0
+    assert not (tmp_path / "runs" / "lstm-s0").exists()
+    steps = lambda: [r["step"] for r in study.read_metrics(tmp_path / "runs" / "lstm-s1" / "metrics.jsonl")
+                     if r["split"] == "train"]
+    assert steps() == [1, 2]
+    assert study.main(["run", str(plan), "--seeds", "1", "--parallel", "1"]) == 0  # the plan's own 4 steps
+    assert steps() == [1, 2, 3, 4]
