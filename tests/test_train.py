@@ -253,9 +253,11 @@ def test_log_uniform_lengths_follow_their_distribution():
     assert sum(lengths[:2000]) < 0.8 * sum(uniform)  # shorter on average: 15.5 against 22 expected
 
 
-def test_length_draw_must_be_known():
+def test_length_draw_must_be_known_and_needs_variable_lengths():
     with pytest.raises(UserError, match="T_draw"):
         TrainConfig(T=6, T_min=2, T_draw="gaussian")
+    with pytest.raises(UserError, match="it needs T_min"):  # not silently ignored at a fixed length
+        TrainConfig(T=6, T_draw="log-uniform")
 
 
 @pytest.mark.parametrize("T_min, message", [(0, "T_min"), (7, "T_min must be <= T")])

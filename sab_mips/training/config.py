@@ -69,6 +69,8 @@ class TrainConfig(Config):
         choice("engine", self.engine, ENGINES)
         choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         choice("T_draw", self.T_draw, LENGTH_DRAWS)
+        require(self.T_draw == "uniform" or self.T_min is not None,
+                f"T_draw={self.T_draw!r} draws lengths from [T_min, T]: it needs T_min (variable-length training)")
         non_negative_int("warmup", self.warmup, "0: none")
         require(0 <= self.min_lr <= 1, f"min_lr must be in [0, 1] (a fraction of lr), got {self.min_lr!r}")
         positive_int("engine_chunk", self.engine_chunk)
