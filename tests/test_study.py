@@ -22,13 +22,19 @@ def test_value_at_and_first_reaching():
     assert study.first_reaching(evals, 0.99, higher=True) == 750
 
 
-def test_run_and_table_on_a_tiny_plan(tmp_path, capsys):
+def _tiny_plan(tmp_path: Path) -> Path:
+    """Two seeds of a 4-update LSTM on copy T=3, evaluated every 2 updates."""
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({
         "root": str(tmp_path / "runs"),
         "common": ["--task", "copy", "--T", "3", "--hidden-size", "8", "--batch-size", "2", "--steps", "4",
                    "--eval-every", "2", "--eval-batches", "1"],
         "settings": {"lstm": {"flags": ["--model", "lstm"], "seeds": [0, 1]}}}))
+    return plan
+
+
+def test_run_and_table_on_a_tiny_plan(tmp_path, capsys):
+    plan = _tiny_plan(tmp_path)
     assert study.main(["run", str(plan), "--parallel", "2"]) == 0
     assert study.main(["table", str(plan), "--at", "2", "4", "8"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lstm")][0]
@@ -39,12 +45,7 @@ def test_run_and_table_on_a_tiny_plan(tmp_path, capsys):
 
 
 def test_run_only_some_seeds_and_fewer_steps_then_continue(tmp_path):
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({
-        "root": str(tmp_path / "runs"),
-        "common": ["--task", "copy", "--T", "3", "--hidden-size", "8", "--batch-size", "2", "--steps", "4",
-                   "--eval-every", "2", "--eval-batches", "1"],
-        "settings": {"lstm": {"flags": ["--model", "lstm"], "seeds": [0, 1]}}}))
+    plan = _tiny_plan(tmp_path)
     assert study.main(["run", str(plan), "--seeds", "1", "--steps", "2", "--parallel", "1"]) == 0
     assert not (tmp_path / "runs" / "lstm-s0").exists()
     steps = lambda: [r["step"] for r in study.read_metrics(tmp_path / "runs" / "lstm-s1" / "metrics.jsonl")
