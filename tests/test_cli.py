@@ -62,6 +62,8 @@ def test_plot_skips_the_attention_map_of_models_without_attention(tmp_path, caps
     assert main(["plot", "--run", str(run)]) == 0
     assert "no attention" in capsys.readouterr().out
     assert (run / "learning_curves.png").stat().st_size > 0 and not (run / "attention.png").exists()
+    assert main(["eval", "--run", str(run), "--batches", "1"]) == 0  # an evaluation at the run's own length
+    assert main(["plot", "--run", str(run)]) == 0
     assert not (run / "transfer.png").exists()  # never evaluated at another length
     assert "--chunk applies to models with a memory" in _error(capsys, ["eval", "--run", str(run), "--chunk", "5"])
     assert "--audit-every applies to model 'sab' only" in _error(capsys, ["eval", "--run", str(run), "--audit-every", "1"])

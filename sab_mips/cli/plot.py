@@ -34,14 +34,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {plot_diagnostics(records, out / 'diagnostics.png', title)}")
     if any("retrieval_seconds" in r for r in records):
         print(f"wrote {plot_retrieval(records, out / 'retrieval.png', f'{title}, retrieval {model_cfg.retrieval}')}")
-    if any(r.get("split") == "eval" and "source" in r for r in records):
+    own_T = train_cfg.eval_T or train_cfg.T
+    if any(r.get("split") == "eval" and "source" in r and r.get("T") != own_T for r in records):
         transfer = plot_transfer(records, out / "transfer.png", task.primary, model_cfg.retrieval,
                                  f"{title}: evaluated at other lengths")
         print(f"wrote {transfer}")
-    T = min(train_cfg.eval_T or train_cfg.T, MAX_MAP_T)
-    if T < (train_cfg.eval_T or train_cfg.T):
-        print(f"note: the attention map is drawn at T={T}: a (T, T) map of the run's T={train_cfg.eval_T or train_cfg.T} "
-              f"would not fit in memory")
+    T = min(own_T, MAX_MAP_T)
+    if T < own_T:
+        print(f"note: the attention map is drawn at T={T}: a (T, T) map of the run's T={own_T} would not fit in memory")
     x, _ = task.make_batch(T, 1, batch_generator(train_cfg.seed, 0, "eval"))
     model.eval()
     with torch.no_grad():
