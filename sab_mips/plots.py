@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import statistics
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,11 @@ def plot_recall_vs_time(rows: list[dict[str, Any]], dataset: str, path: str | Pa
     return _save(fig, path, dpi=110)
 
 
+def transfer_evals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations ``sab-mips eval`` added to a run (eval lines with a ``source``), not its own."""
+    return [r for r in records if r.get("split") == "eval" and "source" in r]
+
+
 def plot_transfer(records: list[dict[str, Any]], path: str | Path, primary: str, own_retrieval: str,
                   title: str = "") -> Path:
     """Three panels from the evaluations ``sab-mips eval`` added to a run (lines with a ``source``): the
@@ -219,7 +225,7 @@ def plot_transfer(records: list[dict[str, Any]], path: str | Path, primary: str,
     (``own_retrieval`` for evaluations with the run's own index). Several evaluations at one (retrieval, T)
     are all drawn; the line goes through their mean. Evaluations with another batch size get their own line
     (time per step depends on it)."""
-    evals = [r for r in records if r.get("split") == "eval" and "source" in r and primary in r]
+    evals = [r for r in transfer_evals(records) if primary in r]
 
     def group(r: dict[str, Any]) -> str:
         return r.get("retrieval", own_retrieval) + (f", B={r['batch_size']}" if "batch_size" in r else "")
@@ -232,9 +238,10 @@ def plot_transfer(records: list[dict[str, Any]], path: str | Path, primary: str,
             points = sorted((r["T"], r[key]) for r in mine if key in r)
             if not points:
                 continue
-            lengths = sorted({T for T, _ in points})
-            means = [sum(v for T, v in points if T == L) / sum(1 for T, _ in points if T == L) for L in lengths]
-            ax.plot(lengths, means, color=f"C{i % 10}", label=label)
+            by_length: dict[int, list[float]] = {}
+            for T, v in points:
+                by_length.setdefault(T, []).append(v)
+            ax.plot(list(by_length), [statistics.fmean(v) for v in by_length.values()], color=f"C{i % 10}", label=label)
             ax.plot([T for T, _ in points], [v for _, v in points], "o", ms=4, color=f"C{i % 10}")
     for ax, (key, label) in zip(axes, panels):
         ax.set(xscale="log", xlabel="T (evaluation length)", ylabel=label, title=label)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ..plots import plot_attention_map, plot_diagnostics, plot_learning_curves, plot_retrieval, plot_transfer
+from ..plots import (plot_attention_map, plot_diagnostics, plot_learning_curves, plot_retrieval, plot_transfer,
+                     transfer_evals)
 from ..tasks import batch_generator
 from ..training import load_run
 from ..training.rundir import METRICS_FILE, read_metrics
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if any("retrieval_seconds" in r for r in records):
         print(f"wrote {plot_retrieval(records, out / 'retrieval.png', f'{title}, retrieval {model_cfg.retrieval}')}")
     own_T = train_cfg.eval_T or train_cfg.T
-    if any(r.get("split") == "eval" and "source" in r and r.get("T") != own_T for r in records):
+    if any(r.get("T") != own_T for r in transfer_evals(records)):
         transfer = plot_transfer(records, out / "transfer.png", task.primary, model_cfg.retrieval,
                                  f"{title}: evaluated at other lengths")
         print(f"wrote {transfer}")
