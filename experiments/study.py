@@ -64,7 +64,11 @@ def train_one(run_dir: Path, flags: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    todo = [r for r in runs(load_plan(args.plan)) if args.seeds is None or r[1] in args.seeds]
+    planned = runs(load_plan(args.plan))
+    unknown = set(args.seeds or ()) - {seed for _, seed, _, _ in planned}
+    if unknown:
+        raise SystemExit(f"{args.plan}: no run has seed {', '.join(map(str, sorted(unknown)))}")
+    todo = [r for r in planned if args.seeds is None or r[1] in args.seeds]
     if args.steps is not None:  # the last --steps flag wins
         todo = [(name, seed, run_dir, [*flags, "--steps", str(args.steps)]) for name, seed, run_dir, flags in todo]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:

@@ -3,6 +3,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("study", ROOT / "experiments" / "study.py")
 study = importlib.util.module_from_spec(spec)
@@ -46,6 +48,8 @@ def test_run_and_table_on_a_tiny_plan(tmp_path, capsys):
 
 def test_run_only_some_seeds_and_fewer_steps_then_continue(tmp_path):
     plan = _tiny_plan(tmp_path)
+    with pytest.raises(SystemExit, match="no run has seed 7"):  # a typo, not a silent no-op
+        study.main(["run", str(plan), "--seeds", "1", "7"])
     assert study.main(["run", str(plan), "--seeds", "1", "--steps", "2", "--parallel", "1"]) == 0
     assert not (tmp_path / "runs" / "lstm-s0").exists()
     steps = lambda: [r["step"] for r in study.read_metrics(tmp_path / "runs" / "lstm-s1" / "metrics.jsonl")
