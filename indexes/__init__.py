@@ -6,17 +6,19 @@ from . import faiss_flat, faiss_hnsw, faiss_ivf  # noqa: F401  (register the fai
 from ._faiss import FaissGpuIndex, FaissIndex
 from .alsh import ALSHIndex
 from .base import MIPSIndex, Param
+from .dedup import DedupIndex
 from .exact import ExactIndex
 from .factory import REGISTRY, available_backends, make_index, parse_factory_string, register
 from .simple_lsh import SimpleLSHIndex
 
-for _backend in (ExactIndex, FaissIndex, FaissGpuIndex, ALSHIndex, SimpleLSHIndex):
+for _backend in (ExactIndex, DedupIndex, FaissIndex, FaissGpuIndex, ALSHIndex, SimpleLSHIndex):
     register(_backend)
 
 __all__ = [
     "MIPSIndex",
     "Param",
     "ExactIndex",
+    "DedupIndex",
     "FaissIndex",
     "FaissGpuIndex",
     "ALSHIndex",

@@ -16,6 +16,7 @@ from indexes import REGISTRY, make_index, parse_factory_string
 # factory string -> recall@8 floor on ``clustered(seed=0)``; exact backends have floor 1.0
 CASES: dict[str, dict[str, float]] = {
     "exact": {"exact": 1.0},
+    "dedup": {"dedup:tol=0": 1.0, "dedup:tol=0.05": 0.9},
     "faiss": {
         "faiss:Flat": 1.0,
         "faiss:HNSW16,efSearch=64,exact_below=0": 0.9,

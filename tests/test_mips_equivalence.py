@@ -27,7 +27,7 @@ def inputs(dtype=torch.float64, B=3, T=40):
 
 
 @pytest.mark.parametrize("preset", ["paper", "recommended"])
-@pytest.mark.parametrize("retrieval", ["exact", "faiss:Flat"])
+@pytest.mark.parametrize("retrieval", ["exact", "faiss:Flat", "dedup:tol=0"])
 @pytest.mark.parametrize("k_cand", [None, 3, 7])
 def test_exact_retrieval_equals_reference_float64(retrieval, k_cand, preset):
     model = make(retrieval=retrieval, k_cand=k_cand, preset=preset)

@@ -1,0 +1,152 @@
+"""``dedup``: exact search over the distinct keys of each sequence; repeated keys share one scan.
+
+Shapes: B sequences, N keys per sequence, R groups (distinct keys) per sequence, d key dimension, k results.
+
+Why: a recurrent model that sees nothing new writes nearly the same slot again and again. The copy model
+of experiments/RESULTS.md, trained on at T=10⁵, holds 20,004 keys per sequence of which 59 are distinct
+to 10⁻⁶ (30 to 10⁻⁴). Exact search scans all of them; IVF's k-means then builds duplicate centroids and
+probes the wrong lists, and an HNSW graph over thousands of equal points has no useful neighbours (recall
+0.1-0.8 on those keys). Here each key either joins the group of an earlier key it is close to, or starts
+a group of its own; a search scores the R group representatives exactly and hands out the members of the
+best groups. Its cost is O(R·d + N) per query instead of O(N·d), and it is never worse than a constant
+factor of exact search when nothing repeats (R = N).
+
+Grouping rule (``tol``): key k joins the group of representative r (the first key of the group) when
+|k − r| <= tol·|r|, r being the representative with the largest cosine to k; otherwise k starts a group.
+So every member's score is within tol·|r|·|q| of its representative's, and a search returns the top-k of
+slots ranked by their group's score (ties inside a group broken by ``topk``), re-scored exactly. With
+``tol=0`` only identical keys share a group and the results are those of exact search (ties as sets).
+Keys are grouped in the order they arrive, so adding them one at a time or all at once gives the same
+groups and the same results.
+
+Example::
+
+    >>> import torch
+    >>> from indexes import make_index
+    >>> index = make_index("dedup:tol=1e-6")
+    >>> index.reset(batch_size=1, dim=2)
+    >>> index.add(torch.tensor([[[1., 0.], [0., 1.], [1., 0.], [1., 0.]]]))   # slots 0, 2, 3 are equal
+    >>> index.stats()["groups"]
+    2.0
+    >>> scores, ids = index.search(torch.tensor([[1., 0.]]), k=2)    # two of the three equal slots
+    >>> scores.tolist(), set(ids[0].tolist()) <= {0, 2, 3}
+    ([[1.0, 1.0]], True)
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import MIPSIndex, Param, pad_results
+from .exact import KeyStore, rerank
+
+
+NEAREST_BY_COSINE = 16  # representatives whose distance to a new key is computed (the best by cosine)
+MEMBERS = 8  # slot ids kept per group (its newest): searches for k <= MEMBERS never touch the N slots
+
+
+class DedupIndex(MIPSIndex):
+    name = "dedup"
+    params = {
+        "tol": Param(float, 1e-6, "a key joins a group when |key - representative| <= tol * |representative|",
+                     False, lambda v: v >= 0.0, "must be >= 0"),
+    }
+
+    def _reset(self) -> None:
+        self._store = KeyStore()  # every key, for the exact re-scoring of returned slots
+        self._reps: torch.Tensor | None = None  # (B, capacity, d) group representatives
+        self._rep_norms: torch.Tensor | None = None  # (B, capacity)
+        self._groups: torch.Tensor | None = None  # (B,) groups per sequence
+        self._group_of: torch.Tensor | None = None  # (B, capacity) group id of each slot
+        self._members: torch.Tensor | None = None  # (B, capacity, MEMBERS) newest slot ids of each group, -1: none
+        self._joined: torch.Tensor | None = None  # (B, capacity) slots that joined each group so far
+
+    def _add(self, keys: torch.Tensor) -> None:
+        B, n, d = keys.shape
+        if self._reps is None:
+            device = keys.device
+            self._reps, self._rep_norms = keys.new_empty(B, 16, d), keys.new_empty(B, 16)
+            self._groups = torch.zeros(B, dtype=torch.long, device=device)
+            self._group_of = torch.empty(B, 16, dtype=torch.long, device=device)
+            self._members = torch.full((B, 16, MEMBERS), -1, dtype=torch.long, device=device)
+            self._joined = torch.zeros(B, 16, dtype=torch.long, device=device)
+        self._store.append(keys)
+        for j in range(n):  # in arrival order: a key may join a group that the previous one started
+            self._place(keys[:, j], self._count + j)
+
+    def _place(self, key: torch.Tensor, slot: int) -> None:
+        """Put each sequence's key (B, d), slot ``slot``, into a group, starting one where none is close."""
+        rows = torch.arange(key.shape[0], device=key.device)
+        R = int(self._groups.max())
+        if R:
+            reps = self._reps[:, :R]
+            cosine = torch.bmm(reps, key.unsqueeze(2)).squeeze(2) / self._rep_norms[:, :R].clamp(min=1e-30)
+            cosine = cosine.masked_fill(torch.arange(R, device=key.device) >= self._groups.unsqueeze(1), float("-inf"))
+            # float32 cosines of nearly equal vectors all round to ~1: the nearest representative is found by
+            # distance among the NEAREST_BY_COSINE best by cosine
+            shortlist = cosine.topk(min(NEAREST_BY_COSINE, R), dim=1).indices  # (B, s)
+            gaps = (reps[rows.unsqueeze(1), shortlist] - key.unsqueeze(1)).norm(dim=2)  # (B, s)
+            gaps = gaps.masked_fill(shortlist >= self._groups.unsqueeze(1), float("inf"))
+            gap, pick = gaps.min(dim=1)
+            nearest = shortlist[rows, pick]
+            close = gap <= self.get_param("tol") * self._rep_norms[rows, nearest]
+            group = torch.where(close, nearest, self._groups)
+        else:
+            close, group = torch.zeros_like(self._groups, dtype=torch.bool), self._groups
+        self._reps = _grown(self._reps, R + 1)
+        self._rep_norms = _grown(self._rep_norms, R + 1)
+        self._members = _grown(self._members, R + 1, fill=-1)
+        self._joined = _grown(self._joined, R + 1, fill=0)
+        self._group_of = _grown(self._group_of, slot + 1)
+        # Every sequence writes a representative at its next free row; where the key joined a group that
+        # row stays beyond the sequence's last group (unused, overwritten when a group starts there).
+        self._reps[rows, self._groups] = key
+        self._rep_norms[rows, self._groups] = key.norm(dim=1)
+        self._groups = self._groups + (~close).long()
+        self._group_of[:, slot] = group
+        self._members[rows, group, self._joined[rows, group] % MEMBERS] = slot
+        self._joined[rows, group] += 1
+
+    def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        R, N = int(self._groups.max()), self._count
+        group_scores = torch.bmm(self._reps[:, :R], queries.unsqueeze(2)).squeeze(2)  # (B, R)
+        group_scores = group_scores.masked_fill(
+            torch.arange(R, device=queries.device) >= self._groups.unsqueeze(1), float("-inf"))
+        if k <= MEMBERS:
+            # the k best slots lie in the k best groups: their kept members, best group first
+            best = group_scores.topk(min(k, R), dim=1)
+            rows = torch.arange(queries.shape[0], device=queries.device).unsqueeze(1)
+            members = self._members[rows, best.indices]  # (B, k', MEMBERS)
+            members = members.masked_fill(~torch.isfinite(best.values).unsqueeze(2), -1).flatten(1)
+            # the first k valid ids of each row: order by (invalid, position) and take k
+            position = torch.arange(members.shape[1], device=queries.device)
+            order = (position + (members < 0) * members.shape[1]).argsort(dim=1)[:, :k]
+            ids = members.gather(1, order)
+        else:
+            slot_scores = group_scores.gather(1, self._group_of[:, :N])  # (B, N): each slot scored by its group
+            ids = slot_scores.topk(min(k, N), dim=1).indices
+        scores, ids = rerank(self._store.view(), queries, ids)
+        return pad_results(scores, ids, k)
+
+    def stats(self) -> dict[str, float]:
+        if self._groups is None:
+            return {}
+        return {"groups": float(self._groups.float().mean())}
+
+    def nbytes(self) -> int:
+        extra = 0
+        if self._reps is not None:
+            parts = (self._reps, self._rep_norms, self._group_of, self._members, self._joined)
+            extra = sum(t.numel() * t.element_size() for t in parts)
+        return self._store.nbytes() + extra
+
+
+def _grown(buffer: torch.Tensor, needed: int, fill: float | None = None) -> torch.Tensor:
+    """``buffer`` (B, capacity, ...) with at least ``needed`` rows along dim 1 (doubling; new rows = fill)."""
+    capacity = buffer.shape[1]
+    if needed <= capacity:
+        return buffer
+    grown = buffer.new_empty(buffer.shape[0], max(needed, 2 * capacity), *buffer.shape[2:])
+    if fill is not None:
+        grown.fill_(fill)
+    grown[:, :capacity] = buffer
+    return grown
