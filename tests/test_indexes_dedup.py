@@ -68,3 +68,19 @@ def test_grouping_follows_arrival_order_not_batching(k: int) -> None:
     one_by_one = search("dedup:tol=1e-6", keys, queries, k, one_at_a_time=True)
     assert at_once[0].stats() == one_by_one[0].stats()
     assert torch.equal(at_once[1], one_by_one[1]) and torch.equal(at_once[2], one_by_one[2])
+
+
+@pytest.mark.parametrize("k", [MEMBERS, 20])
+def test_sequences_with_very_different_group_counts(k: int) -> None:
+    """One sequence repeats two keys, the other never repeats: the places beyond the first sequence's two
+    groups (scored -inf, and holding stale keys) must never become a group of their own."""
+    g = torch.Generator().manual_seed(4)
+    keys = torch.randn(2, 50, 6, generator=g, dtype=torch.float64)
+    keys[0, :20], keys[0, 20:] = keys[0, 0], -keys[0, 0]  # A twenty times, then B = -A thirty times,
+    keys[0] += 1e-10 * torch.randn(50, 6, generator=g, dtype=torch.float64)  # each with its rounding noise
+    queries = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    queries[0] = keys[0, 0]
+    index, scores, ids = search("dedup:tol=1e-6", keys, queries, k, one_at_a_time=True)
+    assert index.stats()["groups"] == (2 + 50) / 2
+    torch.testing.assert_close(scores, brute_force_scores(keys, queries, k), rtol=0, atol=1e-8)
+    assert all(len(set(row)) == k and min(row) >= 0 for row in ids.tolist())
