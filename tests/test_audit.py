@@ -58,6 +58,15 @@ def test_audit_counts_tied_slots_by_score():
     assert stats.as_metrics()["recall"] == 1.0 and stats.as_metrics()["mass_recovered"] == 1.0
 
 
+def test_recall_rounding_tolerance_scales_with_the_best_score():
+    """A K-th score near zero: a rounding difference far below the row's scale is a tie, a real gap is not."""
+    exact = torch.tensor([[4.79, 1.68, -0.0097537]])
+    rounded = torch.tensor([[4.79, 1.68, -0.0097539]])  # 2e-7 apart: rounding at a scale of 4.79
+    missed = torch.tensor([[4.79, 1.68, -0.0100000]])
+    assert recall_at_k(rounded, exact).tolist() == [1.0]
+    assert recall_at_k(missed, exact).tolist() == [pytest.approx(2 / 3)]
+
+
 def test_recall_with_fewer_slots_than_k_counts_what_exists():
     """A sequence with N=2 < K=3 slots: finding both is recall 1, finding one is 1/2."""
     exact = torch.tensor([[3.0, 2.0, float("-inf")], [3.0, 2.0, float("-inf")]])
