@@ -2,10 +2,11 @@
 
 ``sab-mips train --record-memories FILE --batch-size 1 --record-count N`` with N at most the slots of one
 sequence saves that sequence's keys (slot i written at step (i + 1)·k_att − 1) and the query of every
-attention step (the model attends at every step once a slot exists: query j belongs to step j + k_att). ``sab-mips tune`` searches the whole memory at once;
-this script asks what the model asks: query t searches only the slots written before step t.
+attention step (the model attends at every step once a slot exists: query j belongs to step j + k_att).
+``sab-mips tune`` searches the whole memory at once; this script asks what the model asks: each query
+searches only the slots written before its step.
 
-* **recall**: ``--queries`` steps drawn at random (after the first ``--skip`` steps); for each, the keys
+* **recall**: ``--queries`` queries drawn at random (after the first ``--skip``); for each, the keys
   written since the previous one are added and the query searched for k_top + 1 candidates. Recall@k_top
   counts ties with the exact k-th score as hits (``sab_mips.retrieval.metrics``). Time per search
   includes what a lazy index builds at that search.
