@@ -139,13 +139,8 @@ class DedupIndex(MIPSIndex):
         # the first k valid ids of each row (-1 marks an unused member place)
         position = torch.arange(members.shape[1], device=queries.device, dtype=queries.dtype)
         first = torch.where(members >= 0, position, float("inf")).topk(min(k, N), dim=1, largest=False).indices
-        ids = members.gather(1, first)
-        if N < k:
-            return pad_results(*rerank(self._store.view(), queries, ids), k)
-        keys = self._store.view()
-        picked = keys.gather(1, ids.unsqueeze(2).expand(-1, -1, keys.shape[2]))  # (B, k, d)
-        scores, order = torch.bmm(picked, queries.unsqueeze(2)).squeeze(2).sort(dim=1, descending=True, stable=True)
-        return scores, ids.gather(1, order)
+        ids = members.gather(1, first)  # all valid once N >= k (the k best groups hold at least k members)
+        return pad_results(*rerank(self._store.view(), queries, ids, all_valid=N >= k), k)
 
     def stats(self) -> dict[str, float]:
         if self._groups is None:

@@ -82,16 +82,21 @@ def brute_force_topk(keys: torch.Tensor, queries: torch.Tensor, k: int) -> tuple
     return pad_results(top_scores, top_ids, k)
 
 
-def rerank(keys: torch.Tensor, queries: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact scores of candidate ids (B, c) (``-1`` = none), sorted best first; missing ones score -inf."""
-    valid = ids >= 0
-    safe = ids.clamp(min=0)
+def rerank(keys: torch.Tensor, queries: torch.Tensor, ids: torch.Tensor,
+           all_valid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact scores of candidate ids (B, c) (``-1`` = none), sorted best first; missing ones score -inf.
+
+    ``all_valid=True`` promises that no id is -1, which skips the masking (the same result).
+    """
+    valid = None if all_valid else ids >= 0
+    safe = ids if all_valid else ids.clamp(min=0)
     picked = keys.gather(1, safe.unsqueeze(2).expand(-1, -1, keys.shape[2]))  # (B, c, d)
     scores = torch.bmm(picked, queries.unsqueeze(2)).squeeze(2)  # (B, c)
-    scores = scores.masked_fill(~valid, float("-inf"))
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    ids = ids.masked_fill(~valid, -1)
-    return scores.gather(1, order), ids.gather(1, order)
+    if valid is not None:
+        scores = scores.masked_fill(~valid, float("-inf"))
+        ids = ids.masked_fill(~valid, -1)
+    scores, order = scores.sort(dim=1, descending=True, stable=True)
+    return scores, ids.gather(1, order)
 
 
 class ExactIndex(MIPSIndex):
