@@ -92,8 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON output file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    data = np.load(args.memories)
-    keys, queries = torch.from_numpy(data["keys"]), torch.from_numpy(data["queries"])
+    try:
+        data = np.load(args.memories)
+        keys, queries = torch.from_numpy(data["keys"]), torch.from_numpy(data["queries"])
+    except (OSError, KeyError, ValueError) as error:
+        parser.error(f"cannot read keys and queries from {args.memories}: {error}")
+    for spec in args.indexes:
+        try:
+            make_index(spec)
+        except ValueError as error:
+            parser.error(str(error))
     if queries.shape[0] <= args.skip or keys.shape[0] < args.n + args.steps // args.k_att + 1:
         parser.error(f"{args.memories} holds {keys.shape[0]} keys and {queries.shape[0]} queries: too few for "
                      f"--skip {args.skip}, --n {args.n} and --steps {args.steps}")
