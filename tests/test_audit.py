@@ -67,6 +67,32 @@ def test_recall_rounding_tolerance_scales_with_the_best_score():
     assert recall_at_k(missed, exact).tolist() == [pytest.approx(2 / 3)]
 
 
+def test_recall_rounding_scale_given_by_the_caller():
+    """The demo's case: one slot, a cosine of 0.001 at temperature 5. The model's score and the exact search's
+    differ by 1e-7, far below |q|·|k| = 5 but not below the score itself: a tie only at the |q|·|k| scale."""
+    exact = torch.tensor([[0.0054304, float("-inf")]])
+    found = torch.tensor([[0.0054303, float("-inf")]])
+    assert recall_at_k(found, exact).tolist() == [0.0]  # measured against the score alone: a miss
+    assert recall_at_k(found, exact, scale=torch.tensor([5.0])).tolist() == [1.0]
+    below = torch.tensor([[0.0050000, float("-inf")]])  # 4e-4 below: a real gap at that scale too
+    assert recall_at_k(below, exact, scale=torch.tensor([5.0])).tolist() == [0.0]
+
+
+def test_audit_measures_rounding_against_query_and_key_norms():
+    """A near-orthogonal query: the only slot's score is tiny against |q|·|k|, and a rounding-sized
+    difference between the model's score and the exact search's is not a miss."""
+    keys = torch.tensor([[[1.0, 0.0]]])  # (B=1, N=1, d=2)
+    query = torch.tensor([[0.0010860, 4.9999]])  # |q| ≈ 5, score 0.001086
+    stats = RetrievalStats()
+    stats.audit(query, exact_index(keys), torch.tensor([[0, -1]]), torch.tensor([[0.0010859, 0.0010859]]),
+                torch.tensor([[1.0, 0.0]]), k=1)
+    assert stats.as_metrics()["recall"] == 1.0
+    stats = RetrievalStats()
+    stats.audit(query, exact_index(keys), torch.tensor([[0, -1]]), torch.tensor([[0.0009, 0.0009]]),
+                torch.tensor([[1.0, 0.0]]), k=1)
+    assert stats.as_metrics()["recall"] == 0.0  # 2e-4 off at a scale of 5: a difference rounding cannot make
+
+
 def test_recall_with_fewer_slots_than_k_counts_what_exists():
     """A sequence with N=2 < K=3 slots: finding both is recall 1, finding one is 1/2."""
     exact = torch.tensor([[3.0, 2.0, float("-inf")], [3.0, 2.0, float("-inf")]])

@@ -12,9 +12,12 @@ Shapes: Q queries (or B sequences), K = k_top, C candidates returned per query.
 Ties: memories hold many equal slots (a copy-task model writes nearly the same state through a run of
 blanks), and which of several tied slots is "the" top-K is arbitrary. So membership is by score, not by
 id: a candidate counts as an exact top-K slot when its score reaches the exact K-th score, up to
-``TIE_RTOL`` times the larger of |K-th score| and |best score| for rounding. (The best score sets the
-scale: a K-th score near zero carries the rounding of a dot product of the row's magnitude; measured on
-the copy model at T=10³, a K-th score of −0.00975 computed by two exact searches differed by 2·10⁻⁷.)
+``TIE_RTOL`` times the scale of the row's rounding. That scale is the size of the terms a score sums,
+|q|·max_i |k_i| (a bound on every score of the row), when the caller passes it (``scale``; the audits do).
+Otherwise it is the larger of |K-th score| and |best score|. (Measured: a K-th score of −0.00975 on the
+copy model at T=10³, computed by two exact searches, differed by 2·10⁻⁷; and in the demo's first updates a
+sequence's only slot scored 0.0054303 in the model and 0.0054304 in the exact search, a cosine of 0.001 at
+temperature 5, which only the |q|·|k| = 5 scale calls a tie.)
 Without ties the two definitions agree.
 
 Example:
@@ -31,12 +34,16 @@ from ..ops.sparsify import sparsity_threshold
 TIE_RTOL = 1e-5  # scores this close (relative to the row's scale) to the exact K-th score count as reaching it
 
 
-def recall_at_k(found: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+def recall_at_k(found: torch.Tensor, exact: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Recall per query (Q,): ``found`` (Q, K') exact scores of the K' best returned slots (-inf pads);
-    ``exact`` (Q, K) the true top-K scores, best first (-inf pads when a sequence holds fewer than K)."""
+    ``exact`` (Q, K) the true top-K scores, best first (-inf pads when a sequence holds fewer than K);
+    ``scale`` (Q,) optional, |q|·max_i |k_i| of each query (the rounding scale, see the module docstring)."""
     count = torch.isfinite(exact).sum(dim=1)  # min(K, N) per query
     kth = exact.gather(1, (count - 1).clamp(min=0).unsqueeze(1))  # (Q, 1) the score to reach
-    bar = kth - TIE_RTOL * torch.maximum(kth.abs(), exact[:, :1].abs())
+    rounding_scale = torch.maximum(kth.abs(), exact[:, :1].abs())
+    if scale is not None:
+        rounding_scale = torch.maximum(rounding_scale, scale.to(exact.dtype).unsqueeze(1))
+    bar = kth - TIE_RTOL * rounding_scale
     hits = (found >= bar).sum(dim=1).clamp(max=count)
     return hits / count.clamp(min=1)
 

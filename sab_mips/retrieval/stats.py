@@ -48,14 +48,15 @@ class RetrievalStats:
               cand_weights: torch.Tensor, k: int) -> None:
         """Compare one attention step's candidates with exact search over the same keys.
 
-        query (B, d) the search query, detached; ``exact_index`` an exact index holding the keys the
-        approximate index holds; cand_ids (B, C) (-1 pads), cand_scores (B, C) exact recomputed scores,
+        query (B, d) the search query, detached; ``exact_index`` an ``exact`` index (``indexes.ExactIndex``)
+        holding the keys the approximate index holds; cand_ids (B, C) (-1 pads), cand_scores (B, C) exact recomputed scores,
         cand_weights (B, C) the sparse weights the step used.
         """
         start = time.perf_counter()
         with torch.no_grad():
             exact_scores, _ = exact_index.search(query, k + 1)  # (B, K+1), -inf pads
-            recall = recall_at_k(best_k(cand_scores, cand_ids, k), exact_scores[:, :k])
+            scale = query.norm(dim=1) * exact_index.keys.norm(dim=2).amax(dim=1)  # |q|·max|k|: rounding's scale
+            recall = recall_at_k(best_k(cand_scores, cand_ids, k), exact_scores[:, :k], scale)
             selected = (cand_weights > 0) & (cand_ids >= 0)
             mass = mass_recovered(cand_scores, selected, exact_scores.to(cand_scores.dtype), k)
             self.recall_sum = self.recall_sum + recall.sum()
