@@ -49,8 +49,8 @@ class RetrievalStats:
         """Compare one attention step's candidates with exact search over the same keys.
 
         query (B, d) the search query, detached; ``exact_index`` an ``exact`` index (``indexes.ExactIndex``)
-        holding the keys the approximate index holds; cand_ids (B, C) (-1 pads), cand_scores (B, C) exact recomputed scores,
-        cand_weights (B, C) the sparse weights the step used.
+        holding the keys the approximate index holds; cand_ids (B, C) (-1 pads), cand_scores (B, C) exact
+        recomputed scores, cand_weights (B, C) the sparse weights the step used.
         """
         start = time.perf_counter()
         with torch.no_grad():
