@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from indexes import make_index
-from sab_mips.retrieval.metrics import recall_at_k
+from sab_mips.retrieval.metrics import recall_at_k, score_scale
 
 
 def replay_recall(keys: torch.Tensor, queries: torch.Tensor, spec: str, k_att: int, k: int, steps: list[int]) -> dict:
@@ -50,7 +50,7 @@ def replay_recall(keys: torch.Tensor, queries: torch.Tensor, spec: str, k_att: i
         scores, _ = index.search(query, k + 1)
         seconds += time.perf_counter() - start
         truth, _ = exact.search(query, k)
-        recalls.append(float(recall_at_k(scores[:, :k], truth)))
+        recalls.append(float(recall_at_k(scores[:, :k], truth, score_scale(query, exact.keys))))
     return {"index": spec, "recall": float(np.mean(recalls)), "recall_min": float(np.min(recalls)),
             "ms_per_search": 1e3 * seconds / len(steps)}
 

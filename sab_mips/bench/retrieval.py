@@ -35,7 +35,7 @@ from ..devices import DEVICE_HELP, resolve_device, synchronize
 from ..io import write_json
 from ..plots import plot_recall_vs_time
 from ..retrieval.datasets import DATASETS, load_memories, make_dataset
-from ..retrieval.metrics import recall_at_k
+from ..retrieval.metrics import recall_at_k, score_scale
 from ..retrieval.timing import build_key, time_search, timed
 from .common import prepare
 
@@ -102,6 +102,7 @@ def run_size(dataset: str, n: int, args: argparse.Namespace, memories) -> list[d
     keys, queries, note = make_dataset(dataset, s, n, dim, B, args.seed + n, memories)
     device = resolve_device(args.device)
     keys, queries = keys.to(device), queries.to(device)
+    scale = score_scale(queries, keys)  # the scale of the scores' rounding, for recall's ties
     rows, built = [], {}
     reference = None
     for spec in ["exact", *args.indexes]:
@@ -125,7 +126,7 @@ def run_size(dataset: str, n: int, args: argparse.Namespace, memories) -> list[d
         if reference is None:
             reference = dict(scores=scores, search_s=search_s)
         stats = index.stats()
-        recall = float(recall_at_k(scores, reference["scores"]).double().mean())
+        recall = float(recall_at_k(scores, reference["scores"], scale).double().mean())
         row = {**base, "recall": recall, "search_ms": 1e3 * search_s,
                "ratio": search_s / reference["search_s"], "build_s": build_s, "nbytes": index.nbytes(),
                "shared_build": shared}

@@ -13,7 +13,7 @@ Ties: memories hold many equal slots (a copy-task model writes nearly the same s
 blanks), and which of several tied slots is "the" top-K is arbitrary. So membership is by score, not by
 id: a candidate counts as an exact top-K slot when its score reaches the exact K-th score, up to
 ``TIE_RTOL`` times the scale of the row's rounding. That scale is the size of the terms a score sums,
-|q|·max_i |k_i| (a bound on every score of the row), when the caller passes it (``scale``; the audits do).
+|q|·max_i |k_i| (a bound on every score of the row; ``score_scale``), when the caller passes it (``scale``).
 Otherwise it is the larger of |K-th score| and |best score|. (Measured: a K-th score of −0.00975 on the
 copy model at T=10³, computed by two exact searches, differed by 2·10⁻⁷; and in the demo's first updates a
 sequence's only slot scored 0.0054303 in the model and 0.0054304 in the exact search, a cosine of 0.001 at
@@ -46,6 +46,16 @@ def recall_at_k(found: torch.Tensor, exact: torch.Tensor, scale: torch.Tensor | 
     bar = kth - TIE_RTOL * rounding_scale
     hits = (found >= bar).sum(dim=1).clamp(max=count)
     return hits / count.clamp(min=1)
+
+
+def score_scale(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """|q_i|·max_j |k_j| (Q,), the j over the keys of query i's sequence: the size of the terms its scores
+    sum, which their rounding scales with (``recall_at_k``'s ``scale``).
+
+    queries (Q, d); keys (S, N, d), S sequences; query i belongs to sequence i mod S (Q a multiple of S).
+    """
+    key_norms = keys.norm(dim=2).amax(dim=1)  # (S,)
+    return queries.norm(dim=1) * key_norms.repeat(queries.shape[0] // keys.shape[0])
 
 
 def mass_recovered(cand_scores: torch.Tensor, selected: torch.Tensor, exact: torch.Tensor, k: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 
 from indexes import MIPSIndex
 
-from .metrics import best_k, mass_recovered, recall_at_k
+from .metrics import best_k, mass_recovered, recall_at_k, score_scale
 
 AUDITS_ON = "on"
 
@@ -55,7 +55,7 @@ class RetrievalStats:
         start = time.perf_counter()
         with torch.no_grad():
             exact_scores, _ = exact_index.search(query, k + 1)  # (B, K+1), -inf pads
-            scale = query.norm(dim=1) * exact_index.keys.norm(dim=2).amax(dim=1)  # |q|·max|k|: rounding's scale
+            scale = score_scale(query, exact_index.keys)
             recall = recall_at_k(best_k(cand_scores, cand_ids, k), exact_scores[:, :k], scale)
             selected = (cand_weights > 0) & (cand_ids >= 0)
             mass = mass_recovered(cand_scores, selected, exact_scores.to(cand_scores.dtype), k)

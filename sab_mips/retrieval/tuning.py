@@ -28,7 +28,7 @@ from indexes import make_index, parse_factory_string
 from ..errors import UserError
 from .datasets import load_memories, make_dataset
 from .factory import make_user_index
-from .metrics import recall_at_k
+from .metrics import recall_at_k, score_scale
 from .timing import build_key, time_search, timed
 
 DESCRIPTOR_KEYS = {"IVF": "nlist", "HNSW": "M"}  # the number in a FAISS descriptor, tunable by name
@@ -94,6 +94,7 @@ def measure(points: list[tuple[str, int]], memories: str | Path, k_top: int, n: 
     exact.add(keys)
     exact_seconds, (truth, _) = time_search(exact, queries, S, k_top, repeats)
     baseline = {"ms_per_query": 1e3 * exact_seconds / Q, "note": note, "S": S, "N": n, "Q": Q}
+    scale = score_scale(queries, keys)
     rows, built = [], {}
     for spec, k_cand in points:
         index = make_index(spec)
@@ -106,7 +107,7 @@ def measure(points: list[tuple[str, int]], memories: str | Path, k_top: int, n: 
         if index.search_params():
             shared.set_params(**index.search_params())
         seconds, (found, _) = time_search(shared, queries, S, k_cand, repeats)
-        recall = float(recall_at_k(found[:, :k_top], truth).double().mean())
+        recall = float(recall_at_k(found[:, :k_top], truth, scale).double().mean())
         rows.append({"retrieval": spec, "k_cand": k_cand, "recall": recall,
                      "ms_per_query": 1e3 * seconds / Q, "build_s": build_seconds,
                      "time_vs_exact": seconds / exact_seconds if exact_seconds > 0 else float("inf")})
