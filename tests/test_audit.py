@@ -6,6 +6,7 @@ from indexes import make_index
 from sab_mips import SABConfig, TrainConfig, build_model
 from sab_mips.cli import main
 from sab_mips.retrieval import RetrievalStats, mass_recovered, recall_at_k
+from sab_mips.retrieval.metrics import score_scale
 from sab_mips.training import train
 from sab_mips.training.audit import exact_gradient_cosine
 from sab_mips.training.rundir import read_metrics
@@ -76,6 +77,13 @@ def test_recall_rounding_scale_given_by_the_caller():
     assert recall_at_k(found, exact, scale=torch.tensor([5.0])).tolist() == [1.0]
     below = torch.tensor([[0.0050000, float("-inf")]])  # 4e-4 below: a real gap at that scale too
     assert recall_at_k(below, exact, scale=torch.tensor([5.0])).tolist() == [0.0]
+
+
+def test_score_scale_pairs_query_i_with_sequence_i_mod_s():
+    """Two sequences whose largest keys have norms 2 and 10; four queries of norms 1, 1, 3, 3."""
+    keys = torch.tensor([[[2.0, 0.0], [1.0, 0.0]], [[0.0, 10.0], [0.0, 1.0]]])  # (S=2, N=2, d=2)
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 3.0]])
+    assert score_scale(queries, keys).tolist() == [2.0, 10.0, 6.0, 30.0]
 
 
 def test_audit_measures_rounding_against_query_and_key_norms():
