@@ -118,6 +118,18 @@ def _skipped(ax, records: list[dict[str, Any]]) -> None:
             fontsize=8, transform=ax.transAxes)
 
 
+def _near_one_axis(ax) -> None:
+    """A y-axis for fractions and cosines that sit at or near 1: at least [0.98, 1.002], plain tick labels.
+
+    Without it, values that only differ by rounding (mass recovered 1 − 3·10⁻⁷) fill the panel and read as
+    swings under an offset label.
+    """
+    low, high = ax.get_ylim()
+    if high - low < 0.02:
+        ax.set_ylim(min(low, 0.98), max(high, 1.0) + 0.002)
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+
+
 def plot_retrieval(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Three panels from a SAB-MIPS run's train lines: recall@k_top and attention mass recovered, gradient
     cosine (approximate vs exact candidates), and the fraction of each update spent in the index."""
@@ -137,6 +149,8 @@ def plot_retrieval(records: list[dict[str, Any]], path: str | Path, title: str =
     for ax in (ax_recall, ax_cos):
         if not ax.lines:
             _skipped(ax, records)
+        else:
+            _near_one_axis(ax)
     ax_recall.set(xlabel="update", ylabel="fraction", title="retrieval vs exact search (audited steps)")
     ax_cos.set(xlabel="update", ylabel="cosine", title="gradient cosine, approximate vs exact")
     ax_time.set(xlabel="update", ylabel="fraction of update time", title="time in index search + add")
