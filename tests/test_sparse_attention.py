@@ -142,3 +142,61 @@ def test_exploration_candidates_never_repeat_a_slot():
 def test_explore_needs_the_softmax_sparsifier():
     with pytest.raises(ValueError, match="explore=2 needs the softmax sparsifier"):
         SABConfig(preset="paper", explore=2)
+
+
+def _recommended(**kwargs):
+    torch.manual_seed(0)
+    return build_model(SABConfig(preset="recommended", input_size=3, output_size=4, hidden_size=6, attn_dim=5,
+                                 k_top=2, k_att=1, k_trunc=4, **kwargs), dtype=torch.float64)
+
+
+def _streamed_grads(model, x):
+    """Outputs and gradients of two windows of one stream, the state detached between them."""
+    model.zero_grad()
+    first, state = model.layer(x[:, :17])
+    second, state = model.layer(x[:, 17:], state.detach())
+    weights = torch.linspace(-1, 1, second.numel(), dtype=second.dtype).reshape(second.shape)
+    (second * weights).sum().backward()
+    grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
+    return second.detach(), grads
+
+
+def test_cosine_steps_keep_each_slots_key_and_give_its_gradient_at_the_write():
+    """The key cache is used (gradient deposited on the unit keys) and W_k's gradient arrives complete: the
+    model test above compares it with the plain path; here, that the cache is what ran."""
+    model = _recommended()
+    assert model.layer.caches_keys
+    features, state = model.layer(torch.randn(3, 30, 3, dtype=torch.float64))
+    buffers = state.memory._buffers
+    assert buffers.keys_made_with(model.layer.scorer.key_proj.weight)
+    features.sum().backward()
+    assert buffers.key_grad is not None and buffers.key_grad.abs().sum() == 0  # all taken by the writes
+    model.layer.use_fused = False
+    assert not model.layer.caches_keys
+
+
+def test_a_detached_stream_with_cosine_steps_equals_the_plain_path():
+    """After state.detach() the older slots' writes are outside the graph: W_k must still get the gradient of
+    their keys (the memory projects the candidates again there)."""
+    model = _recommended()
+    x = torch.randn(3, 40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    fused = _streamed_grads(model, x)
+    assert fused[1]["layer.scorer.key_proj.weight"].abs().sum() > 0
+    model.layer.use_fused = False
+    assert_same(fused, _streamed_grads(model, x), 1e-10, relative=True)
+
+
+def test_cached_keys_follow_a_change_of_w_k_between_calls():
+    """An optimiser step between two calls on one state changes W_k in place: the slots' keys are recomputed,
+    so the continued pass scores with the new W_k, as the plain path does."""
+    x = torch.randn(2, 30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    outputs = []
+    for fused in (True, False):
+        model = _recommended()
+        model.layer.use_fused = fused
+        model.eval()
+        _, state = model.layer(x[:, :12])
+        with torch.no_grad():
+            model.layer.scorer.key_proj.weight.mul_(-1.5)
+        outputs.append(model.layer(x[:, 12:], state)[0])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-12)

@@ -96,6 +96,11 @@ class SABLayer(nn.Module):
         self.exploring_spec = AttentionSpec(config.scorer, config.sparsifier, config.k_top, config.eps, config.explore)
 
     @property
+    def caches_keys(self) -> bool:
+        """Whether the memory keeps each slot's unit key (fused cosine steps; ``ops.memory``, key cache)."""
+        return self.retrieves and self.use_fused and self.config.scorer == "cosine"
+
+    @property
     def output_size(self) -> int:
         """Features per step: [h_t ; s_t], 2H."""
         return 2 * self.config.hidden_size
@@ -182,6 +187,8 @@ class SABLayer(nn.Module):
         if state is None:
             state = self.initial_state(B, device=x.device, dtype=x.dtype, steps=T)
         state.projection = self.scorer.projection() if self.scorer.supports_mips else None
+        if self.caches_keys:
+            state.memory.cache_keys(state.projection.key_weight)  # ``ops.memory``: keys projected once per slot
         state.explore = cfg.explore if self.training and self.retrieves else 0
         stores_h_hat, to_state = cfg.slot_value == "h_hat", cfg.summary_to_state
         # The input half of every step's gates in one matmul, outside the time loop.

@@ -90,13 +90,13 @@ class SABState:
 
     def write(self, h: torch.Tensor, t: int) -> None:
         """Store ``h`` (B, H), the slot of step t, in the memory and its key in the index."""
-        self.memory.write(h, t)
+        cached_key = self.memory.write(h, t)  # the unit key when the memory caches keys (cosine)
         if self.diagnostics is not None:
             self.diagnostics.slot(h)
         if self.index is not None:
             start = time.perf_counter()
-            with torch.no_grad():
-                key = self.projection.key(h.detach())  # what the index holds, e.g. k_i = W_k m_i, (B, d_k)
+            with torch.no_grad():  # what the index holds, e.g. k_i = W_k m_i, (B, d_k)
+                key = cached_key if cached_key is not None else self.projection.key(h.detach())
             self.index.add(key.unsqueeze(1))
             self.stats.add_seconds += time.perf_counter() - start
             if self.exact_index is not None:

@@ -19,6 +19,13 @@ Backward, for the upstream gradient g_s (B, H):
     cosine:   with k_i = W_k m_i, n_i = |k_i|, k̂_i = k_i / n_i:  g_q = Σ_i g_a_i k̂_i,
               g_k_i = (g_a_i q − k̂_i (k̂_i · g_a_i q)) / n_i,  g_m_i += W_kᵀ g_k_i,  g_W_k = Σ_i g_k_i m_iᵀ
 
+Cosine keys given (``unit_keys``): the slot memory can keep every slot's unit key k̂_i, computed once when
+the slot is written, instead of projecting the C candidates again at every step (three (B·C, H)×(H, d)
+products per step, forward and backward, about half of the node's time at B=64, H=128, d=64). The step
+then returns the gradient of the unit keys, g_k̂_i = g_a_i q, and the memory sums it per slot and takes it
+through the normalisation and W_k once, when the slot's write runs backward (``unit_backward``): the same
+gradient, since both maps are linear in g_k̂.
+
 Padding candidates (``valid`` False) get weight 0 and no gradient. Shapes: B batch, C candidates, H slot
 size, d key size, K = k_top.
 """
@@ -46,19 +53,22 @@ class AttentionSpec:
 
 
 def attend_forward(slots: torch.Tensor, query: torch.Tensor, key_weight: torch.Tensor | None,
-                   valid: torch.Tensor | None, spec: AttentionSpec):
+                   valid: torch.Tensor | None, spec: AttentionSpec, unit_keys: torch.Tensor | None = None):
     """(summary (B, H), weights (B, C), scores (B, C), saved) for candidate slots (B, C, H).
 
     query: dot: q̃ (B, H); cosine: q (B, d) with τ folded in, and key_weight W_k (d, H). valid (B, C) bool,
-    or None when every candidate is a real slot. ``saved`` is what ``attend_backward`` needs.
+    or None when every candidate is a real slot. unit_keys (B, C, d): the cosine candidates' k̂_i, when the
+    caller keeps them (then ``attend_backward`` returns their gradient instead of W_k's). ``saved`` is what
+    ``attend_backward`` needs.
     """
     if spec.scorer == "dot":
         unit = norms = None
         scores = (slots * query.unsqueeze(1)).sum(dim=2)
     else:
-        keys = slots @ key_weight.t()  # (B, C, d)
-        norms = keys.norm(dim=2, keepdim=True)
-        unit = keys / norms.clamp(min=NORM_FLOOR)
+        if unit_keys is None:
+            unit, norms = unit_key(slots, key_weight)  # (B, C, d), (B, C, 1)
+        else:
+            unit, norms = unit_keys, None
         scores = (unit * query.unsqueeze(1)).sum(dim=2)
     if spec.sparsifier == "relu":
         weights, active, total, delta_index = _relu_weights(scores, valid, spec.k, spec.eps)
@@ -71,7 +81,9 @@ def attend_forward(slots: torch.Tensor, query: torch.Tensor, key_weight: torch.T
 
 
 def attend_backward(grad_summary: torch.Tensor, saved, spec: AttentionSpec):
-    """Gradients (slots (B, C, H), query, key_weight or None) of ``attend_forward`` for g_s (B, H)."""
+    """Gradients (slots (B, C, H), query, key_weight or None, unit keys or None) of ``attend_forward`` for
+    g_s (B, H). Cosine with the unit keys given: the unit keys' gradient (B, C, d) and no W_k gradient, and
+    the slots' gradient without the score terms (they reach the slots through the keys, ``unit_backward``)."""
     slots, query, key_weight, weights, active, total, delta_index, unit, norms = saved
     g_w = (slots * grad_summary.unsqueeze(1)).sum(dim=2)  # (B, C)
     g_slots = weights.unsqueeze(2) * grad_summary.unsqueeze(1)  # (B, C, H)
@@ -83,14 +95,29 @@ def attend_backward(grad_summary: torch.Tensor, saved, spec: AttentionSpec):
         g_a = weights * centred
     if spec.scorer == "dot":
         g_slots = g_slots + g_a.unsqueeze(2) * query.unsqueeze(1)
-        return g_slots, (g_a.unsqueeze(2) * slots).sum(dim=1), None
+        return g_slots, (g_a.unsqueeze(2) * slots).sum(dim=1), None, None
     g_query = (g_a.unsqueeze(2) * unit).sum(dim=1)  # (B, d)
     g_unit = g_a.unsqueeze(2) * query.unsqueeze(1)  # (B, C, d)
-    g_keys = (g_unit - unit * (unit * g_unit).sum(dim=2, keepdim=True)) / norms
-    g_keys = torch.where(norms < NORM_FLOOR, g_unit / NORM_FLOOR, g_keys)  # clamped norm: a plain division
+    if norms is None:  # unit keys given: the caller takes g_k̂ through the normalisation and W_k
+        return g_slots, g_query, None, g_unit
+    g_keys = unit_backward(g_unit, unit, norms)
     g_slots = g_slots + g_keys @ key_weight
     g_key_weight = g_keys.reshape(-1, g_keys.shape[2]).t().mm(slots.reshape(-1, slots.shape[2]))  # Σ_bc g_k mᵀ
-    return g_slots, g_query, g_key_weight
+    return g_slots, g_query, g_key_weight, None
+
+
+def unit_key(slots: torch.Tensor, key_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k̂ = k / max(|k|, floor), |k|) of the keys k = W_k m of slots (..., H): what the cosine scorer scores."""
+    keys = slots @ key_weight.t()
+    norms = keys.norm(dim=-1, keepdim=True)
+    return keys / norms.clamp(min=NORM_FLOOR), norms
+
+
+def unit_backward(g_unit: torch.Tensor, unit: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """The gradient of k from that of k̂ = k / max(|k|, floor): (g − k̂ (k̂·g)) / |k|, or g / floor where the
+    norm was clamped. Linear in g, so a sum of gradients of one key can be taken through it once."""
+    g_keys = (g_unit - unit * (unit * g_unit).sum(dim=-1, keepdim=True)) / norms
+    return torch.where(norms < NORM_FLOOR, g_unit / NORM_FLOOR, g_keys)  # clamped norm: a plain division
 
 
 def _relu_weights(scores: torch.Tensor, valid: torch.Tensor | None, k: int, eps: float):
@@ -138,5 +165,5 @@ class SparseAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_summary, _grad_weights, _grad_scores):
-        g_slots, g_query, g_key_weight = attend_backward(grad_summary, ctx.saved, ctx.spec)
+        g_slots, g_query, g_key_weight, _ = attend_backward(grad_summary, ctx.saved, ctx.spec)
         return g_slots, g_query, g_key_weight, None, None
