@@ -193,10 +193,11 @@ class SABLayer(nn.Module):
         stores_h_hat, to_state = cfg.slot_value == "h_hat", cfg.summary_to_state
         # The input half of every step's gates in one matmul, outside the time loop.
         cell = self.cell
-        input_gates = nn.functional.linear(x, cell.weight_ih, cell.bias_ih + cell.bias_hh)  # (B, T, 4H)
-        # unbind, not input_gates[:, t]: the backward of T separate selects would build T zero-filled
-        # (B, T, 4H) gradients, O(T²) work; unbind's backward stacks the T step gradients once.
-        input_gates = input_gates.unbind(dim=1)
+        # Time-major (T, B, 4H), so that each step's (B, 4H) slice is contiguous for its addmm.
+        input_gates = nn.functional.linear(x.transpose(0, 1), cell.weight_ih, cell.bias_ih + cell.bias_hh)
+        # unbind, not input_gates[t]: the backward of T separate selects would build T zero-filled
+        # (T, B, 4H) gradients, O(T²) work; unbind's backward stacks the T step gradients once.
+        input_gates = input_gates.unbind(dim=0)
         recurrent_weight = cell.weight_hh.t()  # (H, 4H)
         no_summary = x.new_zeros(B, cfg.hidden_size)
         h, c = (no_summary, no_summary) if state.h is None else (state.h, state.c)
@@ -216,7 +217,9 @@ class SABLayer(nn.Module):
             if (t + 1) % cfg.k_att == 0:
                 state.write(h_hat if stores_h_hat else h, t)
         state.h, state.c, state.t = h, c, state.t + T
-        return torch.cat([torch.stack(hs, dim=1), torch.stack(ss, dim=1)], dim=2), state  # (B, T, 2H)
+        # one stack of h_0, s_0, h_1, s_1, ... viewed as (B, T, 2H) = [h_t ; s_t]: one copy instead of three
+        features = torch.stack([v for pair in zip(hs, ss) for v in pair], dim=1).view(B, T, 2 * cfg.hidden_size)
+        return features, state
 
     def truncates(self, t: int) -> bool:
         """Whether the chain (h, c) is cut before step t."""
