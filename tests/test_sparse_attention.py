@@ -153,7 +153,7 @@ def _recommended(**kwargs):
 def _streamed_grads(model, x):
     """Outputs and gradients of two windows of one stream, the state detached between them."""
     model.zero_grad()
-    first, state = model.layer(x[:, :17])
+    _, state = model.layer(x[:, :17])
     second, state = model.layer(x[:, 17:], state.detach())
     weights = torch.linspace(-1, 1, second.numel(), dtype=second.dtype).reshape(second.shape)
     (second * weights).sum().backward()
