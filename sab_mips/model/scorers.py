@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from ..ops.sparse_attention import NORM_FLOOR
+from ..ops.sparse_attention import NORM_FLOOR, unit_key
 
 
 class Scorer(nn.Module, ABC):
@@ -124,8 +124,8 @@ class CosineProjection:
         return _unit(h @ self.query_weight.t()) * self.temperature
 
     def key(self, slots: torch.Tensor) -> torch.Tensor:
-        """k̂_i = W_k m_i / |W_k m_i|, (..., d_k)."""
-        return _unit(slots @ self.key_weight.t())
+        """k̂_i = W_k m_i / |W_k m_i|, (..., d_k); the same function the slot memory's key cache uses."""
+        return unit_key(slots, self.key_weight)[0]
 
     def scores(self, query: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         return (self.key(slots) * query.unsqueeze(1)).sum(dim=2)

@@ -70,6 +70,12 @@ class _SlotBuffers:
     def take_key_grad(self, slot: int) -> torch.Tensor | None:
         return _take(self.key_grad, slot)
 
+    def without_grads(self) -> "_SlotBuffers":
+        """New buffers sharing these slot values and cached keys, with no accumulated gradient."""
+        out = _SlotBuffers(self.values)
+        out.keys, out.key_norms, out.key_weight, out.key_version = self.keys, self.key_norms, self.key_weight, self.key_version
+        return out
+
     def keys_made_with(self, key_weight: torch.Tensor | None) -> bool:
         """Whether the cached keys are those of ``key_weight`` as it is now."""
         return (key_weight is not None and self.key_weight is key_weight
@@ -203,9 +209,7 @@ class SlotMemory:
         token start afresh, so a backward through an earlier graph cannot reach what is written after.
         """
         out = SlotMemory.__new__(SlotMemory)
-        out._buffers, out.times, out._token = _SlotBuffers(self._buffers.values), list(self.times), None
-        old, new = self._buffers, out._buffers
-        new.keys, new.key_norms, new.key_weight, new.key_version = old.keys, old.key_norms, old.key_weight, old.key_version
+        out._buffers, out.times, out._token = self._buffers.without_grads(), list(self.times), None
         out._writes_take_key_grads = False
         return out
 
