@@ -125,10 +125,22 @@ def test_record_memories_refuses_models_without_an_index(tmp_path, model, option
     assert not (tmp_path / "checkpoint.pt").exists()  # refused before any training
 
 
-@pytest.mark.parametrize("name, value", [("lr", "1e-3"), ("grad_clip", None), ("time_budget", float("nan"))])
+@pytest.mark.parametrize("name, value", [("lr", "1e-3"), ("grad_clip", None), ("adam_eps", "1e-8"),
+                                         ("time_budget", float("nan"))])
 def test_train_config_refuses_values_that_are_not_numbers(name, value):
     with pytest.raises(UserError, match=f"{name} must be a finite number"):
         TrainConfig(**{name: value})
+
+
+def test_train_config_refuses_an_adam_eps_that_is_not_positive():
+    with pytest.raises(UserError, match="adam_eps must be > 0"):
+        TrainConfig(adam_eps=0.0)
+
+
+def test_adam_runs_with_the_configured_eps(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=1)
+    train(model_cfg, cfg.replace(adam_eps=1e-5), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["optimizer_state"]["param_groups"][0]["eps"] == 1e-5
 
 
 def test_every_task_trains_with_the_shared_loop(tmp_path):
@@ -137,18 +149,19 @@ def test_every_task_trains_with_the_shared_loop(tmp_path):
         assert task.primary in train(model_cfg, cfg, tmp_path / name, progress=False)["eval"]
 
 
-def test_warm_start_takes_weights_and_adam_state_but_its_own_lr_and_config(tmp_path):
+def test_warm_start_takes_weights_and_adam_state_but_its_own_hyperparameters_and_config(tmp_path):
     model_cfg, cfg = _cfgs("sab", steps=2)
     train(model_cfg, cfg, tmp_path / "base", progress=False)
     base = load_checkpoint(tmp_path / "base" / "checkpoint.pt")
     # steps=0 is not allowed: run 1 update at lr tiny enough that the weights barely move, then compare
-    warm_cfg = cfg.replace(T=5, steps=1, lr=1e-12, init_from=str(tmp_path / "base"))
+    warm_cfg = cfg.replace(T=5, steps=1, lr=1e-12, adam_eps=1e-5, init_from=str(tmp_path / "base"))
     train(model_cfg.replace(k_top=1, retrieval="faiss:Flat"), warm_cfg, tmp_path / "warm", progress=False)
     warm = load_checkpoint(tmp_path / "warm" / "checkpoint.pt")
     assert warm["step"] == 1 and warm["train_config"]["init_from"] == str(tmp_path / "base")
     for name, value in base["model_state"].items():
         torch.testing.assert_close(warm["model_state"][name], value, rtol=0, atol=1e-9)
     assert warm["optimizer_state"]["param_groups"][0]["lr"] == 1e-12
+    assert warm["optimizer_state"]["param_groups"][0]["eps"] == 1e-5  # not the source run's 1e-8
     # Adam's step counters continue from the source run's (2 updates) instead of restarting at 0
     assert all(int(s["step"]) == 3 for s in warm["optimizer_state"]["state"].values())
 

@@ -40,6 +40,9 @@ class TrainConfig(Config):
     warmup: int = option(0, "updates over which the learning rate rises linearly from 0 to lr (0: none).")
     min_lr: float = option(0.0, "cosine schedule: the final learning rate as a fraction of lr.")
     grad_clip: float = option(1.0, "clip the global gradient norm to this value (0: no clipping).")
+    adam_eps: float = option(1e-8, "Adam's epsilon (torch's default 1e-8). Adam divides each gradient by its running "
+                                   "size, so once a task is learned and the gradients shrink a thousandfold its step "
+                                   "stays lr-sized; an epsilon near their size damps that drift.")
     steps: int = option(2000, "maximum number of updates.")
     time_budget: float = option(0.0, "stop after this many seconds of training (0: no limit); checked between updates.")
     eval_every: int = option(100, "evaluate every this many updates (and at the end).")
@@ -64,7 +67,7 @@ class TrainConfig(Config):
 
     def __post_init__(self) -> None:
         require(isinstance(self.task, str), f"task must be a task name, got {self.task!r}")
-        for name in ("lr", "min_lr", "grad_clip", "time_budget"):
+        for name in ("lr", "min_lr", "grad_clip", "adam_eps", "time_budget"):
             number(name, getattr(self, name))
         choice("engine", self.engine, ENGINES)
         choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -86,6 +89,7 @@ class TrainConfig(Config):
         non_negative_int("grad_cosine_every", self.grad_cosine_every, "0: never")
         require(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        require(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps!r}")
         require(self.time_budget >= 0, f"time_budget must be >= 0, got {self.time_budget!r}")
 
 

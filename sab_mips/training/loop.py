@@ -69,7 +69,7 @@ class Trainer:
         self.dist.check_batch(train_cfg.batch_size)
         self.model, self.task, self.model_cfg = build(model_cfg, train_cfg)
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr, eps=train_cfg.adam_eps)
         self.progress = progress and self.dist.is_main
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
         self.eval_T = train_cfg.eval_T or train_cfg.T
@@ -112,7 +112,7 @@ class Trainer:
             raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
                             f"or choose another --run-dir")
         if self.train_cfg.init_from is not None:
-            warm_start(self.model, self.optimizer, self.model_cfg, self.train_cfg.lr, self.train_cfg.init_from)
+            warm_start(self.model, self.optimizer, self.model_cfg, self.train_cfg.init_from)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)

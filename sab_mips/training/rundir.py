@@ -164,12 +164,12 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, Task, SABConfig, Tra
     return model, task, model_cfg, train_cfg, state
 
 
-def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_cfg: SABConfig, lr: float,
+def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_cfg: SABConfig,
                source: str | Path) -> None:
     """Load the weights and Adam state of the run (or checkpoint file) ``source`` into a fresh run.
 
-    The learning rate stays this run's ``lr``; everything that does not shape a parameter (T, retrieval,
-    k_top, ...) may differ from the source run.
+    Adam's hyperparameters (lr, eps, ...) stay those ``optimizer`` was made with, this run's; everything that
+    does not shape a parameter (T, retrieval, k_top, ...) may differ from the source run.
     """
     source = Path(source)
     state = load_checkpoint(source / CHECKPOINT_FILE if source.is_dir() else source)
@@ -178,6 +178,7 @@ def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_c
     if diffs:
         raise UserError(f"--init-from {source}: its model has other parameter shapes: {'; '.join(diffs)}")
     model.load_state_dict(state["model_state"])
-    optimizer.load_state_dict(state["optimizer_state"])
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer_state"])  # its moments, and its hyperparameters, undone below
+    for group, hyper in zip(optimizer.param_groups, own):
+        group.update(hyper)
