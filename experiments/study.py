@@ -2,6 +2,7 @@
 
     python experiments/study.py run experiments/plans/copy100.json [--parallel 2]
     python experiments/study.py table experiments/plans/copy100.json [--at 2500 5000 10000] [--threshold 0.99]
+    python experiments/study.py curves fig.png --panel "k_att=5" runs/a-s0 runs/a-s1 --panel "k_att=2" runs/b-s0
 
 A plan is a JSON object:
 
@@ -17,7 +18,8 @@ reads the runs' metrics.jsonl and prints a Markdown table per setting: the prima
 (mean ± s.d., min–max, number of runs), the updates done, how many runs reached ``--threshold`` and after
 how many updates, the collapses (accuracy: after first passing ``--collapse-after`` it falls more than
 ``--collapse-drop`` below its best so far), seconds per update and wall time. Runs that failed or are not
-finished count: a missing value is shown, never dropped silently.
+finished count: a missing value is shown, never dropped silently. ``curves`` draws the eval metric of
+every run against its updates, one panel per ``--panel`` (a title and run directories), on shared axes.
 """
 from __future__ import annotations
 
@@ -147,6 +149,28 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.panel), figsize=(5 * len(args.panel), 3.6), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, (title, *dirs) in zip(axes[0], args.panel):
+        for run_dir in map(Path, dirs):
+            evals, _ = series(run_dir, args.metric)
+            ax.plot([s for s, _ in evals], [v for _, v in evals], lw=1, label=run_dir.name)
+        ax.set_title(title)
+        ax.set_xlabel("updates")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(args.metric)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,8 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--threshold", type=float, default=0.99, help="the target value of the primary metric")
     table.add_argument("--collapse-after", type=float, default=0.5)
     table.add_argument("--collapse-drop", type=float, default=0.2)
+    curves = sub.add_parser("curves", help="eval curves of runs, one panel per group, as a PNG")
+    curves.add_argument("out", type=Path, help="the PNG to write")
+    curves.add_argument("--panel", nargs="+", action="append", required=True, metavar="TITLE DIR",
+                        help="a panel's title, then its run directories (repeat for more panels)")
+    curves.add_argument("--metric", default="accuracy", help="the eval metric to draw")
     args = parser.parse_args(argv)
-    return cmd_run(args) if args.command == "run" else cmd_table(args)
+    return {"run": cmd_run, "table": cmd_table, "curves": cmd_curves}[args.command](args)
 
 
 if __name__ == "__main__":

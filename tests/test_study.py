@@ -57,3 +57,12 @@ def test_run_only_some_seeds_and_fewer_steps_then_continue(tmp_path):
     assert steps() == [1, 2]
     assert study.main(["run", str(plan), "--seeds", "1", "--parallel", "1"]) == 0  # the plan's own 4 steps
     assert steps() == [1, 2, 3, 4]
+
+
+def test_curves_draws_one_panel_per_group(tmp_path):
+    plan = _tiny_plan(tmp_path)
+    assert study.main(["run", str(plan), "--parallel", "2"]) == 0
+    out = tmp_path / "curves.png"
+    runs = [str(tmp_path / "runs" / f"lstm-s{seed}") for seed in (0, 1)]
+    assert study.main(["curves", str(out), "--panel", "seed 0", runs[0], "--panel", "both", *runs]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
