@@ -150,6 +150,12 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
+    for title, *dirs in args.panel:
+        if not dirs:
+            raise SystemExit(f"--panel {title!r}: a panel needs a title and at least one run directory")
+        missing = [d for d in dirs if not (Path(d) / METRICS_FILE).is_file()]
+        if missing:
+            raise SystemExit(f"--panel {title!r}: no {METRICS_FILE} in {', '.join(missing)}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -66,3 +66,7 @@ def test_curves_draws_one_panel_per_group(tmp_path):
     runs = [str(tmp_path / "runs" / f"lstm-s{seed}") for seed in (0, 1)]
     assert study.main(["curves", str(out), "--panel", "seed 0", runs[0], "--panel", "both", *runs]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="at least one run directory"):
+        study.main(["curves", str(out), "--panel", "empty"])
+    with pytest.raises(SystemExit, match="no metrics.jsonl in"):
+        study.main(["curves", str(out), "--panel", "typo", str(tmp_path / "runs" / "lstm-s9")])
