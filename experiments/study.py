@@ -95,18 +95,25 @@ def first_reaching(evals: list[tuple[int, float]], threshold: float, higher: boo
     return next((s for s, v in evals if (v >= threshold if higher else v <= threshold)), None)
 
 
-def collapses(evals: list[tuple[int, float]], after: float, drop: float) -> int:
-    """Times the metric fell more than ``drop`` below its best so far, once it had passed ``after``."""
-    count, best, armed, down = 0, float("-inf"), False, False
-    for _, v in evals:
+def falls(evals: list[tuple[int, float]], after: float, drop: float) -> list[tuple[int, float, float]]:
+    """Where the metric fell more than ``drop`` below its best so far, once it had passed ``after``: (update,
+    best before it, value) at the first evaluation of each fall."""
+    found, best, armed, down = [], float("-inf"), False, False
+    for step, v in evals:
         best = max(best, v)
         armed = armed or v >= after
         if armed and v < best - drop:
-            count += 0 if down else 1
+            if not down:
+                found.append((step, best, v))
             down = True
         elif v >= best - drop:
             down = False
-    return count
+    return found
+
+
+def collapses(evals: list[tuple[int, float]], after: float, drop: float) -> int:
+    """Times the metric fell more than ``drop`` below its best so far, once it had passed ``after``."""
+    return len(falls(evals, after, drop))
 
 
 def describe(values: list[float | None]) -> str:
@@ -146,7 +153,26 @@ def cmd_table(args: argparse.Namespace) -> int:
         walls = [t[-1]["wall_time"] for _, t in loaded if t]
         cells.append(", ".join(f"{w:.0f}" for w in walls) or "–")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.per_run:
+        print_per_run(plan, args, primary, higher)
     return 0
+
+
+def print_per_run(plan: dict, args: argparse.Namespace, primary: str, higher: bool) -> None:
+    """One row per run: the metric at ``--at``, when it reached the threshold, each collapse (update: best
+    before → value), the largest gradient norm before clipping, and the last evaluation."""
+    header = ["setting", "seed", *[f"@ {a}" for a in args.at], f"reached {args.threshold}", "collapses",
+              "largest gradient norm", "last evaluation"]
+    print("\n| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    for name, seed, run_dir, _ in runs(plan):
+        evals, train = series(run_dir, primary)
+        cells = [f"{v:.3f}" if (v := value_at(evals, a)) is not None else "–" for a in args.at]
+        cells.append(str(first_reaching(evals, args.threshold, higher) or "–"))
+        found = falls(evals, args.collapse_after, args.collapse_drop) if higher else []
+        cells.append(f"{len(found)}" + "".join(f"; {s}: {b:.3f} → {v:.3f}" for s, b, v in found))
+        cells.append(f"{max(r['grad_norm'] for r in train):.3g}" if train else "–")
+        cells.append(f"{evals[-1][0]}: {evals[-1][1]:.3f}" if evals else "–")
+        print(f"| {name} | {seed} | " + " | ".join(cells) + " |")
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
@@ -193,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--threshold", type=float, default=0.99, help="the target value of the primary metric")
     table.add_argument("--collapse-after", type=float, default=0.5)
     table.add_argument("--collapse-drop", type=float, default=0.2)
+    table.add_argument("--per-run", action="store_true", help="also a table with one row per run (where each "
+                       "collapse happened, the largest gradient norm)")
     curves = sub.add_parser("curves", help="eval curves of runs, one panel per group, as a PNG")
     curves.add_argument("out", type=Path, help="the PNG to write")
     curves.add_argument("--panel", nargs="+", action="append", required=True, metavar="TITLE DIR",

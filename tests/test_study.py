@@ -16,6 +16,7 @@ def test_collapse_rule():
     # passes 50% at 200; falls to 0.35 (> 0.2 below 0.6): one collapse lasting two evals; then 0.45 < 0.7 - 0.2
     assert study.collapses(evals, after=0.5, drop=0.2) == 2
     assert study.collapses([(1, 0.4), (2, 0.1)], after=0.5, drop=0.2) == 0  # never passed 50%
+    assert study.falls(evals, after=0.5, drop=0.2) == [(400, 0.6, 0.35), (700, 0.7, 0.45)]
 
 
 def test_value_at_and_first_reaching():
@@ -44,6 +45,10 @@ def test_run_and_table_on_a_tiny_plan(tmp_path, capsys):
     cells = [c.strip() for c in row.strip("|").split("|")]
     # columns: setting, @2, @4, @8, at the end, best, updates done, ...; the end is the eval at step 4
     assert cells[4] == cells[2] and cells[6] == "4, 4"
+    assert study.main(["table", str(plan), "--at", "2", "4", "--per-run"]) == 0
+    per_run_table = capsys.readouterr().out.split("| setting | seed |")[1]
+    per_run = [line for line in per_run_table.splitlines() if line.startswith("| lstm | ")]
+    assert [line.split("|")[2].strip() for line in per_run] == ["0", "1"]  # one row per seed
 
 
 def test_run_only_some_seeds_and_fewer_steps_then_continue(tmp_path):
