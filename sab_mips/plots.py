@@ -78,11 +78,13 @@ def plot_learning_curves(records: list[dict[str, Any]], path: str | Path, primar
 
 
 def plot_diagnostics(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Four panels from a run's train lines: gradient norm before clipping, the smallest gap sum Σ(a − δ)
-    of the sparsifier, the largest slot norm, and the share of attention on slots older than k_trunc."""
-    panels = (("grad_norm", "gradient norm before clipping", True), ("min_gap_sum", "smallest gap sum Σ(a − δ)", True),
-              ("max_slot_norm", "largest slot norm", False), ("old_attention", "attention on slots > k_trunc old", False))
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    """Five panels from a run's train lines: gradient norm before clipping, how far each update moved the
+    weights, the smallest gap sum Σ(a − δ) of the sparsifier, the largest slot norm, and the share of
+    attention on slots older than k_trunc."""
+    panels = (("grad_norm", "gradient norm before clipping", True), ("update_norm", "update size |Δθ|", True),
+              ("min_gap_sum", "smallest gap sum Σ(a − δ)", True), ("max_slot_norm", "largest slot norm", False),
+              ("old_attention", "attention on slots > k_trunc old", False))
+    fig, axes = plt.subplots(1, 5, figsize=(22, 3.8))
     for ax, (key, label, log) in zip(axes, panels):
         steps, values = _series(records, key)
         if steps:

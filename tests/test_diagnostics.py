@@ -5,7 +5,7 @@ import torch
 from sab_mips import SABConfig, TrainConfig, build_model
 from sab_mips.model.diagnostics import AttentionDiagnostics
 from sab_mips.training import train
-from sab_mips.training.rundir import read_metrics
+from sab_mips.training.rundir import load_checkpoint, read_metrics
 
 
 def test_diagnostics_by_hand():
@@ -39,4 +39,22 @@ def test_training_logs_diagnostics(tmp_path):
     model_cfg = SABConfig(hidden_size=8, k_top=2, k_att=1, k_trunc=3, attn_dim=8)
     train(model_cfg, TrainConfig(task="copy", T=6, batch_size=2, steps=2, eval_batches=1), tmp_path, progress=False)
     lines = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
-    assert all({"min_gap_sum", "max_slot_norm", "old_attention", "grad_norm"} <= set(r) for r in lines)
+    assert all({"min_gap_sum", "max_slot_norm", "old_attention", "grad_norm", "param_norm", "update_norm"} <= set(r)
+               for r in lines)
+
+
+def test_update_norm_is_how_far_the_weights_moved(tmp_path):
+    """update_norm is |θ_after − θ_before| of each update and param_norm |θ_after|: checked against the
+    checkpoints of two consecutive updates."""
+    model_cfg = SABConfig(hidden_size=8, k_top=2, k_att=1, k_trunc=3, attn_dim=8)
+    flat = []
+    for steps in (1, 2):
+        train(model_cfg, TrainConfig(task="copy", T=6, batch_size=2, steps=steps, eval_batches=1, checkpoint_every=1),
+              tmp_path / str(steps), progress=False)
+        model = build_model(model_cfg.replace(input_size=10, output_size=10))  # the copy task's sizes
+        model.load_state_dict(load_checkpoint(tmp_path / str(steps) / "checkpoint.pt")["model_state"])
+        flat.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    second = [r for r in read_metrics(tmp_path / "2" / "metrics.jsonl") if r["split"] == "train"][-1]
+    assert second["update_norm"] == pytest.approx(float((flat[1] - flat[0]).norm()), rel=1e-5)
+    assert second["param_norm"] == pytest.approx(float(flat[1].norm()), rel=1e-5)
+    assert second["update_norm"] > 0

@@ -192,12 +192,17 @@ class Trainer:
         # SAB's normalised sparsifier has gradients ~1/gap when the top K+1 scores nearly tie, and they
         # can overflow; an update with a non-finite gradient is skipped (and counted), never applied.
         lr = learning_rate(cfg, self.step)
+        before = parameter_vector(model)
         if bool(torch.isfinite(grad_norm)):
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
         else:
             self.skipped += 1
+        # How far the update moved the weights. Adam's step stays lr-sized when the gradients shrink once a
+        # task is learned (grad_norm falls a thousandfold, update_norm does not): the drift shows here.
+        after = parameter_vector(model)
+        extra["param_norm"], extra["update_norm"] = float(after.norm()), float((after - before).norm())
         # the audits measure approximate retrieval; they are not part of its cost
         seconds = time.perf_counter() - t0 - audit_seconds
         if "retrieval_seconds" in extra:
@@ -309,3 +314,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         m = summary["memories"]
         line += f" | memories: {m['keys']} keys, {m['queries']} queries -> {m['path']}"
     return line
+
+
+def parameter_vector(model: torch.nn.Module) -> torch.Tensor:
+    """All of ``model``'s parameters as one detached flat vector (a copy)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
