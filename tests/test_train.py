@@ -143,6 +143,33 @@ def test_adam_runs_with_the_configured_eps(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["optimizer_state"]["param_groups"][0]["eps"] == 1e-5
 
 
+def test_amsgrad_keeps_the_running_maximum_of_the_second_moment(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=2)
+    train(model_cfg, cfg.replace(amsgrad=True), tmp_path, progress=False)
+    optimizer = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer_state"]
+    assert optimizer["param_groups"][0]["amsgrad"] is True
+    for state in optimizer["state"].values():
+        assert torch.all(state["max_exp_avg_sq"] >= state["exp_avg_sq"])
+
+
+def test_train_config_refuses_an_amsgrad_that_is_not_a_bool():
+    with pytest.raises(UserError, match="amsgrad must be true or false"):
+        TrainConfig(amsgrad="yes")
+
+
+def test_warm_start_into_amsgrad_starts_the_maximum_at_the_source_moment(tmp_path):
+    model_cfg, cfg = _cfgs("sab", steps=2)
+    train(model_cfg, cfg, tmp_path / "base", progress=False)
+    base = load_checkpoint(tmp_path / "base" / "checkpoint.pt")["optimizer_state"]["state"]
+    train(model_cfg, cfg.replace(steps=1, amsgrad=True, init_from=str(tmp_path / "base")), tmp_path / "warm",
+          progress=False)
+    warm = load_checkpoint(tmp_path / "warm" / "checkpoint.pt")["optimizer_state"]
+    assert warm["param_groups"][0]["amsgrad"] is True
+    for i, state in warm["state"].items():  # after one more update: max(source moment, updated moment)
+        assert torch.all(state["max_exp_avg_sq"] >= base[i]["exp_avg_sq"] * 0.999)
+        assert torch.all(state["max_exp_avg_sq"] >= state["exp_avg_sq"])
+
+
 def test_every_task_trains_with_the_shared_loop(tmp_path):
     for name, task in TASKS.items():
         model_cfg, cfg = _cfgs("tbptt", steps=1, task=name, T=task.min_T + 1)

@@ -43,6 +43,9 @@ class TrainConfig(Config):
     adam_eps: float = option(1e-8, "Adam's epsilon (torch's default 1e-8). Adam divides each gradient by its running "
                                    "size, so once a task is learned and the gradients shrink a thousandfold its step "
                                    "stays lr-sized; an epsilon near their size damps that drift.")
+    amsgrad: bool = option(False, "Adam's AMSGrad variant: each weight's step is divided by the largest running "
+                                  "gradient size it has seen instead of the current one, so the steps shrink when "
+                                  "the gradients do once a task is learned (plain Adam keeps them lr-sized).")
     steps: int = option(2000, "maximum number of updates.")
     time_budget: float = option(0.0, "stop after this many seconds of training (0: no limit); checked between updates.")
     eval_every: int = option(100, "evaluate every this many updates (and at the end).")
@@ -90,6 +93,7 @@ class TrainConfig(Config):
         require(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         require(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps!r}")
+        require(isinstance(self.amsgrad, bool), f"amsgrad must be true or false, got {self.amsgrad!r}")
         require(self.time_budget >= 0, f"time_budget must be >= 0, got {self.time_budget!r}")
 
 

@@ -69,7 +69,8 @@ class Trainer:
         self.dist.check_batch(train_cfg.batch_size)
         self.model, self.task, self.model_cfg = build(model_cfg, train_cfg)
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr, eps=train_cfg.adam_eps)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr, eps=train_cfg.adam_eps,
+                                          amsgrad=train_cfg.amsgrad)
         self.progress = progress and self.dist.is_main
         self.step, self.elapsed, self.skipped = 0, 0.0, 0
         self.eval_T = train_cfg.eval_T or train_cfg.T

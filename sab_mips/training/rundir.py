@@ -168,7 +168,7 @@ def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_c
                source: str | Path) -> None:
     """Load the weights and Adam state of the run (or checkpoint file) ``source`` into a fresh run.
 
-    Adam's hyperparameters (lr, eps, ...) stay those ``optimizer`` was made with, this run's; everything that
+    Adam's hyperparameters (lr, eps, amsgrad, ...) stay those ``optimizer`` was made with, this run's; everything that
     does not shape a parameter (T, retrieval, k_top, ...) may differ from the source run.
     """
     source = Path(source)
@@ -182,3 +182,8 @@ def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_c
     optimizer.load_state_dict(state["optimizer_state"])  # its moments, and its hyperparameters, undone below
     for group, hyper in zip(optimizer.param_groups, own):
         group.update(hyper)
+        if group.get("amsgrad"):  # a source trained without AMSGrad has no running maximum: start it at its moment
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if "exp_avg_sq" in state and "max_exp_avg_sq" not in state:
+                    state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
