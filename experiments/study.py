@@ -1,6 +1,6 @@
 """Run a study (several settings × seeds, the same budget) and tabulate it over seeds.
 
-    python experiments/study.py run experiments/plans/copy100.json [--parallel 2]
+    python experiments/study.py run experiments/plans/copy100.json [--parallel 2] [--settings S..] [--seeds N..]
     python experiments/study.py table experiments/plans/copy100.json [--at 2500 5000 10000] [--threshold 0.99]
     python experiments/study.py curves fig.png --panel "k_att=5" runs/a-s0 runs/a-s1 --panel "k_att=2" runs/b-s0
 
@@ -70,7 +70,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     unknown = set(args.seeds or ()) - {seed for _, seed, _, _ in planned}
     if unknown:
         raise SystemExit(f"{args.plan}: no run has seed {', '.join(map(str, sorted(unknown)))}")
-    todo = [r for r in planned if args.seeds is None or r[1] in args.seeds]
+    unknown = set(args.settings or ()) - {name for name, _, _, _ in planned}
+    if unknown:
+        raise SystemExit(f"{args.plan}: no setting {', '.join(sorted(unknown))}")
+    todo = [r for r in planned if (args.seeds is None or r[1] in args.seeds)
+            and (args.settings is None or r[0] in args.settings)]
     if args.steps is not None:  # the last --steps flag wins
         todo = [(name, seed, run_dir, [*flags, "--steps", str(args.steps)]) for name, seed, run_dir, flags in todo]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
@@ -211,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     run.add_argument("--seeds", type=int, nargs="+", help="run only these seeds of the plan (to share the cores "
                      "between invocations without two of them training the same run)")
+    run.add_argument("--settings", nargs="+", help="run only these settings of the plan (with --seeds: the runs "
+                     "that are in both)")
     run.add_argument("--steps", type=int, help="stop each run at this many updates instead of the plan's (running "
                      "the plan again later continues the same runs)")
     table = sub.add_parser("table", help="a Markdown table over seeds")

@@ -64,6 +64,17 @@ def test_run_only_some_seeds_and_fewer_steps_then_continue(tmp_path):
     assert steps() == [1, 2, 3, 4]
 
 
+def test_run_only_some_settings(tmp_path):
+    plan = _tiny_plan(tmp_path)
+    data = json.loads(plan.read_text())
+    data["settings"]["tbptt"] = {"flags": ["--model", "tbptt", "--k-trunc", "2"], "seeds": [0, 1]}
+    plan.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="no setting dense"):
+        study.main(["run", str(plan), "--settings", "dense"])
+    assert study.main(["run", str(plan), "--settings", "tbptt", "--seeds", "1", "--parallel", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == ["tbptt-s1"]
+
+
 def test_curves_draws_one_panel_per_group(tmp_path):
     plan = _tiny_plan(tmp_path)
     assert study.main(["run", str(plan), "--parallel", "2"]) == 0
