@@ -184,6 +184,6 @@ def warm_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_c
         group.update(hyper)
         if group.get("amsgrad"):  # a source trained without AMSGrad has no running maximum: start it at its moment
             for p in group["params"]:
-                state = optimizer.state.get(p, {})
-                if "exp_avg_sq" in state and "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
+                moments = optimizer.state.get(p, {})
+                if "exp_avg_sq" in moments and "max_exp_avg_sq" not in moments:
+                    moments["max_exp_avg_sq"] = moments["exp_avg_sq"].clone()
