@@ -30,12 +30,13 @@ memory grows by one slot every few steps):
 
 Results the native index leaves empty (id -1) become the contract's padding (-inf, -1).
 
-One OpenMP thread for FAISS inside a search or a flush (``single_threaded``): the native calls are single queries and
-small k-means trainings, which FAISS's threads do not speed up, and on a machine whose cores are busy with
-other jobs its threads wait for each other at every parallel region. Measured (2-core CPU, two busy-loop
-processes at the same priority, the demo's model evaluated through ``faiss:IVF4,nprobe=2``): 388 ms per
-time step with FAISS's default of 2 threads, 3.0 ms with one. The caller's thread count is restored after
-each call, so FAISS calls made outside these indexes keep theirs.
+One OpenMP thread for FAISS inside a search or a flush (``single_threaded``). The native calls are single
+queries and k-means trainings on one sequence's keys; on a machine whose cores are busy with other jobs,
+FAISS's threads wait for each other at every parallel region. Measured (2-core CPU, two busy-loop processes
+at the same priority, the demo's model evaluated through ``faiss:IVF4,nprobe=2``): 388 ms per time step
+with FAISS's default of 2 threads, 3.0 ms with one. The price: on an idle many-core machine a large training
+(10⁵ keys) runs on one core. The caller's thread count is restored after each call, so FAISS calls made
+outside these indexes keep theirs.
 
 GPU: ``faiss-gpu`` needs a FAISS build with GPU support and a visible GPU; it could not be tested here
 (the development machine has neither), so the GPU path is written to FAISS's documented API
