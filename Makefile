@@ -52,8 +52,10 @@ test: $(VENV)/.stamp-test
 
 # One intra-op thread: for a model this small a second thread adds little (8% more updates in a 60 s probe on
 # an otherwise idle 2-core machine), and the demo's numbers in the README were measured this way. The
-# evaluation too: on a machine with other jobs, OpenMP threads that wait for each other made it 175x slower
-# (250 against 1.4 ms per step; experiments/RESULTS.md, "The demo with a slot every 2 steps").
+# evaluation too: on a machine with other jobs, threads that wait for each other slow it down. FAISS's own
+# threads made it 175x slower (250 against 1.4 ms per step) until the FAISS backends ran FAISS on one thread
+# themselves; torch's second thread still cost 2x (5.9 against 3.0 ms; experiments/RESULTS.md, "The demo
+# with a slot every 2 steps").
 demo: $(VENV)/.stamp-install
 	rm -rf $(DEMO_DIR)
 	OMP_NUM_THREADS=1 $(VENV)/bin/sab-mips train $(DEMO_FLAGS) --seed $(DEMO_SEED) --time-budget $(DEMO_SECONDS) --run-dir $(DEMO_DIR)
