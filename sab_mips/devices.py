@@ -1,4 +1,4 @@
-"""Choosing the device a run computes on, with a clear error when it is not there."""
+"""Choosing the device a run computes on (and its CPU threads), with a clear error when it is not there."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +6,8 @@ import torch
 from .errors import UserError
 
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
+THREADS_HELP = ("torch's intra-op CPU threads for this process (default: torch's choice, one per core); "
+                "1 when several runs share the cores")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -25,6 +27,20 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op CPU threads in this process (None: leave torch's choice); UserError below 1.
+
+    Small operations, which SAB's step is made of, gain little from a second thread: two runs of one thread
+    each on two cores do more work than one run of two. The FAISS backends search on one thread whatever
+    this says.
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def synchronize(device: torch.device) -> None:

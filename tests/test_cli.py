@@ -125,9 +125,23 @@ def test_refusals_of_a_run_directory(tmp_path, capsys, finished_run):
     (["--record-count", "10"], "--record-count applies to --record-memories only"),
     (["--model", "lstm", "--engine", "on"], "--engine has no effect on model 'lstm'"),
     (["--model", "dense", "--grad-cosine-every", "5"], "--grad-cosine-every has no effect on model 'dense'"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
 ])
 def test_train_errors(tmp_path, capsys, argv, message):
     assert message in _error(capsys, ["train", "--no-progress", "--run-dir", str(tmp_path / "r"), *argv])
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "compare"])
+def test_threads_sets_torchs_thread_count(command, tmp_path, monkeypatch):
+    """--threads reaches torch before any work, in every subcommand that computes (the run itself fails here,
+    after the setting: a missing run, or compare without --retrieval values that exist)."""
+    calls = []
+    monkeypatch.setattr("torch.set_num_threads", calls.append)
+    argv = {"train": ["train", "--run-dir", str(tmp_path / "missing"), "--resume"],
+            "eval": ["eval", "--run", str(tmp_path / "missing")],
+            "compare": ["compare", "--out", str(tmp_path / "c"), "--retrieval", "nope:x", "--model", "sab"]}[command]
+    assert main([*argv, "--threads", "3"]) == 2
+    assert calls == [3]
 
 
 def test_unreadable_config_file(tmp_path, capsys):

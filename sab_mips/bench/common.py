@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import set_threads
 from ..io import write_json
 from ..training.numerics import flush_denormals
 
@@ -14,8 +15,7 @@ from ..training.numerics import flush_denormals
 def prepare(threads: int | None) -> None:
     """The benchmarks' process settings: ``threads`` intra-op threads (None: torch's choice), and flushed
     denormals as in training (``flush_denormals``)."""
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     flush_denormals()
 
 

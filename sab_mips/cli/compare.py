@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..devices import DEVICE_HELP
+from ..devices import DEVICE_HELP, THREADS_HELP, set_threads
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..model import SABConfig, check_retrieval
@@ -55,10 +55,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="JSON config shared by all runs (as for train)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) one run per retrieval setting, then write the report."""
+    set_threads(args.threads)
     specs = list(dict.fromkeys(args.retrieval))
     seeds = list(dict.fromkeys(args.seeds)) if args.seeds else None
     if seeds is not None and args.seed is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..devices import DEVICE_HELP, resolve_device
+from ..devices import DEVICE_HELP, THREADS_HELP, resolve_device, set_threads
 from ..errors import UserError
 from ..training import evaluate, load_run
 from ..training.rundir import METRICS_FILE, MetricsLog
@@ -21,6 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch_size)")
     parser.add_argument("--seed", type=int, help="seed of the eval stream (default: the run's seed)")
     parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     parser.add_argument("--retrieval", metavar="FACTORY_STRING",
                         help="SAB: search with this index instead of the trained one, e.g. exact or "
                              "faiss:HNSW32,efSearch=128 (indexes are rebuilt per pass: any parameter may change)")
@@ -33,6 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     model, task, model_cfg, train_cfg, state = load_run(args.run)
     retrieval: dict[str, str] = {}
     if args.retrieval is not None:

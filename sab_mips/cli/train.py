@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from ..devices import DEVICE_HELP
+from ..devices import DEVICE_HELP, THREADS_HELP, set_threads
 from ..errors import UserError
 from ..model import SABConfig
 from ..training import TrainConfig, format_summary, train
@@ -26,6 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--config", metavar="FILE", help='JSON config: {"model": {...}, "train": {...}} or one flat object')
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
+    run.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     run.add_argument("--record-memories", metavar="FILE",
                      help="after training, save the keys W_k m_i and queries the index saw (.npz) for retrieval benchmarks")
     run.add_argument("--record-count", type=int, metavar="N",
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     record_count = 100_000 if args.record_count is None else args.record_count
     if record_count < 1:
         raise UserError(f"--record-count must be >= 1, got {record_count}")
+    set_threads(args.threads)
     model_cfg, train_cfg = configs_from_args(args)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if main_process:
