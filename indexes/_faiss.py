@@ -30,13 +30,14 @@ memory grows by one slot every few steps):
 
 Results the native index leaves empty (id -1) become the contract's padding (-inf, -1).
 
-One OpenMP thread for FAISS inside a search or a flush (``single_threaded``). The native calls are single
-queries and k-means trainings on one sequence's keys; on a machine whose cores are busy with other jobs,
-FAISS's threads wait for each other at every parallel region. Measured (2-core CPU, two busy-loop processes
-at the same priority, the demo's model evaluated through ``faiss:IVF4,nprobe=2``): 388 ms per time step
-with FAISS's default of 2 threads, 3.0 ms with one. The price: on an idle many-core machine a large training
-(10⁵ keys) runs on one core. The caller's thread count is restored after each call, so FAISS calls made
-outside these indexes keep theirs.
+FAISS's OpenMP threads inside a search or a flush: ``threads`` (default 1; ``faiss_threads``). The native
+calls are single queries and k-means trainings on one sequence's keys; on a machine whose cores are busy
+with other jobs, FAISS's threads wait for each other at every parallel region. Measured (2-core CPU, two
+busy-loop processes at the same priority, the demo's model evaluated through ``faiss:IVF4,nprobe=2``):
+388 ms per time step with FAISS's default of 2 threads, 3.0 ms with one. The price of one thread: on an
+idle many-core machine a large training (10⁵ keys) runs on one core; ``threads=0`` leaves FAISS its own
+count (one per core) and ``threads=n`` sets n. The caller's thread count is restored after each call, so
+FAISS calls made outside these indexes keep theirs.
 
 GPU: ``faiss-gpu`` needs a FAISS build with GPU support and a visible GPU; it could not be tested here
 (the development machine has neither), so the GPU path is written to FAISS's documented API
@@ -55,7 +56,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .base import MIPSIndex
+from .base import MIPSIndex, Param, non_negative
 from .exact import KeyStore, brute_force_topk, rerank
 
 FAISS_MISSING = "faiss is not installed (pip install faiss-cpu)"
@@ -89,14 +90,25 @@ def gpu_missing_reason() -> str | None:
 
 
 @contextmanager
-def single_threaded(faiss: Any) -> Iterator[None]:
-    """FAISS's OpenMP thread count set to 1 inside the block and restored after it (see the module docstring)."""
+def faiss_threads(faiss: Any, threads: int) -> Iterator[None]:
+    """FAISS's OpenMP thread count set to ``threads`` inside the block (0: left as it is) and restored after
+    it (see the module docstring)."""
+    if threads == 0:
+        yield
+        return
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(threads)
     try:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+# Every FAISS variant takes it (``params = {**FAISS_PARAMS, ...}``).
+FAISS_PARAMS = {
+    "threads": Param(int, 1, "FAISS's OpenMP threads in searches and flushes (0: FAISS's own, one per core); "
+                             "1 stays fast when other jobs share the cores", True, non_negative, "must be >= 0"),
+}
 
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:
@@ -186,7 +198,7 @@ class FaissIndex(MIPSIndex):
         self._store.append(keys)
 
     def _flush(self) -> None:
-        with single_threaded(self._faiss):
+        with faiss_threads(self._faiss, self.get_param("threads")):
             self._flush_natives()
 
     def _flush_natives(self) -> None:
@@ -200,7 +212,7 @@ class FaissIndex(MIPSIndex):
                 self._filled[b] = self._store.count
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with single_threaded(self._faiss):
+        with faiss_threads(self._faiss, self.get_param("threads")):
             return self._search_natives(queries, k)
 
     def _search_natives(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,11 +39,7 @@ import math
 import torch
 
 from ._hashing import PRIME, LSHIndex
-from .base import Param, positive
-
-
-def _non_negative(value: int) -> bool:
-    return value >= 0
+from .base import Param, non_negative, positive
 
 
 class ALSHIndex(LSHIndex):
@@ -54,11 +50,11 @@ class ALSHIndex(LSHIndex):
         "r": Param(float, 2.5, "L2-LSH bucket width", False, positive, "must be > 0"),
         "K": Param(int, 8, "hashes concatenated per table", False, positive, "must be >= 1"),
         "L": Param(int, 16, "hash tables", False, positive, "must be >= 1"),
-        "seed": Param(int, 0, "seed of the random projections", False, _non_negative, "must be >= 0"),
-        "probes": Param(int, 0, "extra buckets probed per table (multi-probe)", True, _non_negative,
+        "seed": Param(int, 0, "seed of the random projections", False, non_negative, "must be >= 0"),
+        "probes": Param(int, 0, "extra buckets probed per table (multi-probe)", True, non_negative,
                         "must be >= 0"),
         "bucket": Param(int, 0, "0: K fixed; b > 0: K grows like log(N/b) (see indexes._hashing)", False,
-                        _non_negative, "must be >= 0"),
+                        non_negative, "must be >= 0"),
     }
     max_length = 48
 

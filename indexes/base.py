@@ -45,6 +45,10 @@ def positive(value: Any) -> bool:
     return value > 0
 
 
+def non_negative(value: Any) -> bool:
+    return value >= 0
+
+
 class MIPSIndex(ABC):
     """Per-sequence maximum-inner-product search over keys that arrive over time."""
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._faiss import FaissIndex, register_variant
+from ._faiss import FAISS_PARAMS, FaissIndex, register_variant
 
 
 @register_variant
 class FaissFlat(FaissIndex):
     pattern = "Flat"
     descriptor_help = "Flat"
-    params = {}
+    params = FAISS_PARAMS
 
     def descriptor(self) -> str:
         return "Flat"

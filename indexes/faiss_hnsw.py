@@ -41,12 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._faiss import FaissIndex, as_numpy, register_variant
-from .base import Param, norm_cap, positive
-
-
-def _non_negative(value: int) -> bool:
-    return value >= 0
+from ._faiss import FAISS_PARAMS, FaissIndex, as_numpy, register_variant
+from .base import Param, non_negative, norm_cap, positive
 
 
 @register_variant
@@ -60,7 +56,8 @@ class FaissHNSW(FaissIndex):
         "mips": Param(str, "ip", "ip: inner-product graph; l2: L2 graph over [x; sqrt(M²-‖x‖²)]", False,
                       lambda v: v in ("ip", "l2"), "must be ip or l2"),
         "exact_below": Param(int, 4096, "keys per sequence below which searches are exact (batched torch)",
-                             True, _non_negative, "must be >= 0"),
+                             True, non_negative, "must be >= 0"),
+        **FAISS_PARAMS,
     }
 
     def __init__(self, M: int, **values: Any) -> None:

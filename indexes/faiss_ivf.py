@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._faiss import FaissIndex, register_variant
+from ._faiss import FAISS_PARAMS, FaissIndex, register_variant
 from .base import Param, positive
 
 
@@ -47,6 +47,7 @@ class FaissIVF(FaissIndex):
         "nprobe": Param(int, 8, "lists scanned per query", True, positive, "must be >= 1"),
         "min_train": Param(int, 39, "keys per centroid needed before the quantizer is trained", False,
                            positive, "must be >= 1"),
+        **FAISS_PARAMS,
     }
 
     def __init__(self, nlist: int, **values: Any) -> None:

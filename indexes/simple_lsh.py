@@ -32,11 +32,7 @@ from __future__ import annotations
 import torch
 
 from ._hashing import LSHIndex
-from .base import Param, positive
-
-
-def _non_negative(value: int) -> bool:
-    return value >= 0
+from .base import Param, non_negative, positive
 
 
 class SimpleLSHIndex(LSHIndex):
@@ -44,11 +40,11 @@ class SimpleLSHIndex(LSHIndex):
     params = {
         "bits": Param(int, 16, "sign bits per table", False, lambda v: 1 <= v <= 31, "must be in [1, 31]"),
         "tables": Param(int, 8, "hash tables", False, positive, "must be >= 1"),
-        "seed": Param(int, 0, "seed of the random projections", False, _non_negative, "must be >= 0"),
-        "probes": Param(int, 0, "extra buckets probed per table (one flipped bit each)", True, _non_negative,
+        "seed": Param(int, 0, "seed of the random projections", False, non_negative, "must be >= 0"),
+        "probes": Param(int, 0, "extra buckets probed per table (one flipped bit each)", True, non_negative,
                         "must be >= 0"),
         "bucket": Param(int, 0, "0: bits fixed; b > 0: bits grow like log2(N/b) (see indexes._hashing)", False,
-                        _non_negative, "must be >= 0"),
+                        non_negative, "must be >= 0"),
     }
     max_length = 31
 
