@@ -104,7 +104,7 @@ def faiss_threads(faiss: Any, threads: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-# Every FAISS variant takes it (``params = {**FAISS_PARAMS, ...}``).
+# The parameters every FAISS variant takes (each variant's ``params`` includes them).
 FAISS_PARAMS = {
     "threads": Param(int, 1, "FAISS's OpenMP threads in searches and flushes (0: FAISS's own, one per core); "
                              "1 stays fast when other jobs share the cores", True, non_negative, "must be >= 0"),

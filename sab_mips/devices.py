@@ -33,8 +33,8 @@ def set_threads(threads: int | None) -> None:
     """Use ``threads`` intra-op CPU threads in this process (None: leave torch's choice); UserError below 1.
 
     Small operations, which SAB's step is made of, gain little from a second thread: two runs of one thread
-    each on two cores do more work than one run of two. The FAISS backends search on one thread whatever
-    this says.
+    each on two cores do more work than one run of two. The FAISS backends set FAISS's own threads inside
+    their searches (their ``threads`` parameter, default 1), whatever this says.
     """
     if threads is None:
         return

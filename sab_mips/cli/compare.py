@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..devices import DEVICE_HELP, THREADS_HELP, set_threads
+from ..devices import set_threads
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..model import SABConfig, check_retrieval
@@ -38,7 +38,7 @@ from ..tasks import get_task
 from ..training import TrainConfig, format_summary, train
 from ..training.rundir import CHECKPOINT_FILE, METRICS_FILE, read_metrics
 from ..training.summary import format_summary_table, format_table, slug, summarize_run, summarize_seeds
-from .flags import TASK_SIZED, add_config_flags, explicit_values, merge_configs
+from .flags import TASK_SIZED, add_compute_flags, add_config_flags, explicit_values, merge_configs
 
 HELP = "train one SAB run per retrieval setting and report them side by side"
 
@@ -54,8 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="report directory (runs go to DIR/runs/)")
     parser.add_argument("--config", metavar="FILE", help="JSON config shared by all runs (as for train)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
-    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    add_compute_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..devices import DEVICE_HELP, THREADS_HELP, resolve_device, set_threads
+from ..devices import resolve_device, set_threads
 from ..errors import UserError
 from ..training import evaluate, load_run
 from ..training.rundir import METRICS_FILE, MetricsLog
+from .flags import add_compute_flags
 
 HELP = "evaluate a trained run (at any T: length transfer)"
 DESCRIPTION = ("Evaluate a run's checkpoint; the result is printed and appended to the run's metrics.jsonl as an "
@@ -20,8 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, help="number of batches (default: the run's eval_batches)")
     parser.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch_size)")
     parser.add_argument("--seed", type=int, help="seed of the eval stream (default: the run's seed)")
-    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
-    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    add_compute_flags(parser)
     parser.add_argument("--retrieval", metavar="FACTORY_STRING",
                         help="SAB: search with this index instead of the trained one, e.g. exact or "
                              "faiss:HNSW32,efSearch=128 (indexes are rebuilt per pass: any parameter may change)")

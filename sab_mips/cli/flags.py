@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config_base import field_names, help_of, value_type
+from ..devices import DEVICE_HELP, THREADS_HELP
 from ..errors import UserError
 from ..io import read_json
 from ..model import MODEL_FIELDS, SCORERS, SABConfig
@@ -62,6 +63,13 @@ def add_config_flags(parser: Any, cls: type, skip: tuple[str, ...] = ()) -> None
         help_text += f" (default: {getattr(defaults, name)})"
         parser.add_argument(flag(name), dest=name, type=parse_bool if kind is bool else kind, default=None,
                             metavar=name.upper(), help=help_text.replace("%", "%%"))
+
+
+def add_compute_flags(parser: Any) -> None:
+    """``--device`` and ``--threads``: where a subcommand that computes runs (``devices.resolve_device``,
+    ``devices.set_threads``)."""
+    parser.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
 
 
 def explicit_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -6,11 +6,11 @@ import json
 import os
 import sys
 
-from ..devices import DEVICE_HELP, THREADS_HELP, set_threads
+from ..devices import set_threads
 from ..errors import UserError
 from ..model import SABConfig
 from ..training import TrainConfig, format_summary, train
-from .flags import TASK_SIZED, add_config_flags, configs_from_args
+from .flags import TASK_SIZED, add_compute_flags, add_config_flags, configs_from_args
 
 HELP = "train a model on a task (or resume a run)"
 DESCRIPTION = ("Train a model on a synthetic task. Flags override --config; on --resume the saved config is the "
@@ -25,8 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     run.add_argument("--config", metavar="FILE", help='JSON config: {"model": {...}, "train": {...}} or one flat object')
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--device", default="auto", help=f"where to compute: {DEVICE_HELP} (default: auto)")
-    run.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    add_compute_flags(run)
     run.add_argument("--record-memories", metavar="FILE",
                      help="after training, save the keys W_k m_i and queries the index saw (.npz) for retrieval benchmarks")
     run.add_argument("--record-count", type=int, metavar="N",
