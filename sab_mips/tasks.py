@@ -37,6 +37,8 @@ class Task(ABC):
         primary: the metric shown in progress bars and summaries.
         higher_is_better: whether a larger ``primary`` is better.
         describe: one line for ``--help`` and ``sab-mips info``.
+        scored_steps: how many of a sequence's last steps ``primary`` is computed on (retrieval audits at
+            evaluation look at those steps apart: ``scored_recall``).
     """
 
     name: str
@@ -46,6 +48,7 @@ class Task(ABC):
     primary: str
     higher_is_better: bool
     describe: str
+    scored_steps: int
 
     def check_T(self, T: int) -> None:
         """Raise UserError unless T is a valid length parameter for this task."""
@@ -100,6 +103,7 @@ class CopyTask(Task):
     higher_is_better = True
     describe = "copy: recall 10 digits (1-8) after T-1 blanks and a marker; accuracy on the last 10 steps"
     n_digits = 10
+    scored_steps = n_digits
     blank, marker = 0, 9
 
     def seq_len(self, T: int) -> int:
@@ -156,6 +160,7 @@ class AddingTask(Task):
     primary = "mse"
     higher_is_better = False
     describe = "adding: sum the two marked values (one per half) of a length-T sequence; MSE at the last step"
+    scored_steps = 1
 
     def seq_len(self, T: int) -> int:
         return T

@@ -140,6 +140,35 @@ def test_audit_of_a_coarse_index_and_audit_every():
     assert audited(make(COARSE), x, every=5).as_metrics()["audited_queries"] == 2 * 4  # steps 1, 6, 11, 16
 
 
+def test_scored_audits_are_every_step_from_audit_from():
+    """The scored sums hold exactly the attention steps at t >= audit_from: feeding the sequence in two chunks,
+    the sampled sums (every step) after the second chunk minus those after the first give the scored sums."""
+    model = make(COARSE)
+    x = torch.randn(2, 20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    state = model.layer.initial_state(2, dtype=torch.float64, audit_every=1, audit_from=15)
+    model.layer(x[:, :15], state)
+    before = (float(state.stats.recall_sum), float(state.stats.mass_sum), state.stats.audited_queries)
+    assert state.stats.scored_queries == 0
+    model.layer(x[:, 15:], state)
+    stats = state.stats
+    assert stats.scored_queries == stats.audited_queries - before[2] == 2 * 5  # steps 15..19, two sequences
+    assert float(stats.scored_recall_sum) == pytest.approx(float(stats.recall_sum) - before[0], abs=1e-12)
+    assert float(stats.scored_mass_sum) == pytest.approx(float(stats.mass_sum) - before[1], abs=1e-12)
+    assert stats.as_metrics()["scored_recall"] < 1  # the coarse hash misses some there too
+
+
+def test_scored_audits_alone_and_with_sampled_ones():
+    x = torch.randn(2, 20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    alone = make(COARSE).run(x, audit_from=18).stats.as_metrics()
+    assert alone["scored_queries"] == 2 * 2 and "recall" not in alone  # no sampled audits asked for
+    both = make(COARSE).run(x, audit_every=5, audit_from=0).stats.as_metrics()
+    assert both["audited_queries"] == 2 * 4 and both["scored_queries"] == 2 * 19  # attention at steps 1..19
+    same = make(COARSE).run(x, audit_every=1, audit_from=0).stats.as_metrics()
+    assert same["scored_recall"] == same["recall"] and same["scored_mass_recovered"] == same["mass_recovered"]
+    with pytest.raises(ValueError, match="audit_from must be >= 0"):
+        make(COARSE).run(x, audit_from=-1)
+
+
 def test_gradient_cosine_restores_the_gradient():
     model = make(COARSE)
     x = torch.randn(2, 20, 3, dtype=torch.float64)
@@ -194,9 +223,10 @@ def test_eval_audits_recall_and_times_steps(tmp_path, capsys):
     assert main(["eval", "--run", run, "--T", "30", "--audit-every", "1", "--chunk", "7", "--retrieval", "faiss:Flat"]) == 0
     flat = read_metrics(tmp_path / "exact" / "metrics.jsonl")[-1]
     assert flat["recall"] == 1.0 and flat["mass_recovered"] == pytest.approx(1.0) and flat["ms_per_step"] > 0
+    assert flat["scored_recall"] == 1.0  # the copy task's 10 output steps, audited apart
     assert main(["eval", "--run", run, "--T", "30", "--audit-every", "1", "--retrieval", COARSE]) == 0
     coarse = read_metrics(tmp_path / "exact" / "metrics.jsonl")[-1]
-    assert coarse["recall"] < 1 and coarse["retrieval"] == COARSE
+    assert coarse["recall"] < 1 and coarse["retrieval"] == COARSE and 0 <= coarse["scored_recall"] <= 1
     assert "recall=" in capsys.readouterr().out
     assert main(["eval", "--run", run, "--T", "30", "--audit-every", "1"]) == 0  # exact: says why no recall
     assert "audit skipped: retrieval 'exact' is exact" in capsys.readouterr().out

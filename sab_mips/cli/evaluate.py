@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "faiss:HNSW32,efSearch=128 (indexes are rebuilt per pass: any parameter may change)")
     parser.add_argument("--audit-every", type=int, default=0, metavar="N",
                         help="SAB: compare every N-th attention step with exact search and report recall@k_top and "
-                             "the attention mass recovered (0: no audit)")
+                             "the attention mass recovered, and the same over every step the task's metric reads "
+                             "(scored_recall, scored_mass_recovered) (0: no audit)")
     parser.add_argument("--chunk", type=int,
                         help="SAB and dense: time steps fed to the model at once (memory holds the slots, not T; "
                              "default 1000)")

@@ -30,7 +30,8 @@ other scorers select by a no-grad scan of all slots, then re-score the candidate
 What a pass measures or replays is fixed when its state is made (``initial_state``): ``retrieval=`` searches
 with another index, ``replay=`` re-uses recorded candidate ids instead of searching (the slow twin of any
 index, and what the memory-bounded engine needs), ``audit_every`` compares every n-th attention step with
-exact search, ``record``, ``collect_queries`` and ``diagnostics`` keep what they say.
+exact search and ``audit_from`` every step from a time step on (the steps a metric reads), ``record``,
+``collect_queries`` and ``diagnostics`` keep what they say.
 
 Shapes: B batch, T time steps, I input size, H hidden size, N memory slots, C candidates per attention step
 (``k_cand``, default K + 1), K = k_top.
@@ -152,7 +153,7 @@ class SABLayer(nn.Module):
     def initial_state(self, batch_size: int, *, device=None, dtype=None, retrieval: str | None = None,
                       replay: torch.Tensor | None = None, record: bool = False, audit_every: int = 0,
                       collect_queries: bool = False, diagnostics: bool = False, keep_candidates: bool = False,
-                      steps: int | None = None) -> SABState:
+                      steps: int | None = None, audit_from: int | None = None) -> SABState:
         """A fresh state for ``batch_size`` sequences: nothing done yet, an empty memory.
 
         Args:
@@ -166,9 +167,14 @@ class SABLayer(nn.Module):
             diagnostics: keep gap sums, slot norms and long-range attention (``state.diagnostics``).
             keep_candidates: keep every attention step's candidate ids on the device (for replay).
             steps: the sequence length if known: the slot buffer is then allocated once.
+            audit_from: also audit every attention step at time step >= ``audit_from`` (e.g. the steps a task's
+                metric reads), into the separate ``scored_*`` sums of ``state.stats`` (None: none).
         """
-        if not self.retrieves and (retrieval is not None or replay is not None or audit_every):
-            raise ValueError(f"{type(self).__name__} reads every slot: retrieval, replay and audit_every do not apply")
+        audits = audit_every or audit_from is not None
+        if not self.retrieves and (retrieval is not None or replay is not None or audits):
+            raise ValueError(f"{type(self).__name__} reads every slot: retrieval, replay and audits do not apply")
+        if audit_every < 0 or (audit_from is not None and audit_from < 0):
+            raise ValueError(f"audit_every and audit_from must be >= 0, got {audit_every} and {audit_from}")
         if retrieval is not None:
             check_retrieval(retrieval, self.config.scorer)
         weight = self.cell.weight_ih
@@ -176,7 +182,8 @@ class SABLayer(nn.Module):
         return SABState(self, batch_size, weight.device if device is None else device,
                         weight.dtype if dtype is None else dtype, retrieval=retrieval or self.retrieval,
                         replay=replay, record=record, audit_every=audit_every, collect_queries=collect_queries,
-                        diagnostics=diagnostics, keep_candidates=keep_candidates, capacity=capacity)
+                        diagnostics=diagnostics, keep_candidates=keep_candidates, capacity=capacity,
+                        audit_from=audit_from)
 
     def forward(self, x: torch.Tensor, state: SABState | None = None) -> tuple[torch.Tensor, SABState]:
         """Per-step features (B, T, 2H) = [h_t ; s_t] for inputs x (B, T, I), continuing ``state`` (None: a
@@ -229,7 +236,7 @@ class SABLayer(nn.Module):
         """Sparse summary s_t (B, H) of the memory for provisional states ĥ_t (B, H)."""
         k, eps = self.config.k_top, self.config.eps
         count, explore = self.config.candidates, state.explore
-        step, audited = state.next_attention_step()
+        step, sampled, scored = state.next_attention_step(t)
         ids, query = self._retrieve(h_hat, state, count, step)  # ids (B, C), or (B, C + R) when exploring
         # No padding among the candidates (an exact search over at least C slots never pads; other searches
         # are checked): skip the masks. Every backend then takes the same path, so equal candidates give
@@ -254,10 +261,10 @@ class SABLayer(nn.Module):
             summary = (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
         if state.diagnostics is not None:
             state.diagnostics.attention(t, ids, scores, weights)
-        if audited:  # the searched candidates only (exploration candidates are random by design)
+        if sampled or scored:  # the searched candidates only (exploration candidates are random by design)
             searched = ids.shape[1] - explore
             state.stats.audit(query.detach(), state.exact_index, ids[:, :searched], scores.detach()[:, :searched],
-                              weights.detach()[:, :searched], k)
+                              weights.detach()[:, :searched], k, sampled=sampled, scored=scored)
         state.log(t, ids, weights, k)
         return summary
 

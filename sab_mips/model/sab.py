@@ -97,7 +97,8 @@ class SABLSTM(nn.Module):
 
     def run(self, x: torch.Tensor, **options) -> SABOutput:
         """One pass over inputs x (B, T, I), with everything it can measure; ``options`` are those of
-        ``SABLayer.initial_state`` (retrieval, replay, record, audit_every, collect_queries, diagnostics)."""
+        ``SABLayer.initial_state`` (retrieval, replay, record, audit_every, audit_from, collect_queries,
+        diagnostics)."""
         check_input(self, x, self.config.input_size)
         state = self.layer.initial_state(x.shape[0], device=x.device, dtype=x.dtype, steps=x.shape[1], **options)
         features, state = self.layer(x, state)

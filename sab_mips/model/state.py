@@ -41,7 +41,7 @@ class SABState:
 
     def __init__(self, layer, batch_size: int, device, dtype, *, retrieval: str, replay: torch.Tensor | None,
                  record: bool, audit_every: int, collect_queries: bool, diagnostics: bool, keep_candidates: bool,
-                 capacity: int) -> None:
+                 capacity: int, audit_from: int | None = None) -> None:
         cfg = layer.config
         self.h: torch.Tensor | None = None
         self.c: torch.Tensor | None = None
@@ -55,11 +55,12 @@ class SABState:
         self.stats = RetrievalStats()
         reason = "skipped: candidates replayed from a record" if replay is not None else layer.audit_skip_reason(retrieval)
         self.audit_every = audit_every if reason is None else 0
+        self.audit_from = audit_from if reason is None else None
         self.stats.audits = reason or self.stats.audits
         if layer.scorer.supports_mips and layer.retrieves and replay is None:  # replayed candidates need no search
             self.index = make_index(retrieval)
             self.index.reset(batch_size, cfg.attn_dim)  # keys, e.g. W_k m_i (d_k <= H: less to scan per search)
-            if self.audit_every:
+            if self.audit_every or self.audit_from is not None:
                 self.exact_index = make_index("exact")
                 self.exact_index.reset(batch_size, cfg.attn_dim)
         self.attention_steps = 0
@@ -102,11 +103,13 @@ class SABState:
             if self.exact_index is not None:
                 self.exact_index.add(key.unsqueeze(1))
 
-    def next_attention_step(self) -> tuple[int, bool]:
-        """The number of this attention step (0, 1, ...) and whether it is audited (every ``audit_every``-th)."""
+    def next_attention_step(self, t: int) -> tuple[int, bool, bool]:
+        """The number of this attention step (0, 1, ...) at time step t, whether it is a sampled audit (every
+        ``audit_every``-th attention step) and whether it is a scored one (t >= ``audit_from``)."""
         step = self.attention_steps
         self.attention_steps += 1
-        return step, self.audit_every > 0 and step % self.audit_every == 0
+        sampled = self.audit_every > 0 and step % self.audit_every == 0
+        return step, sampled, self.audit_from is not None and t >= self.audit_from
 
     def with_exploration(self, ids: torch.Tensor) -> torch.Tensor:
         """The searched candidates (B, C) followed by R slots drawn uniformly from the memory (B, C + R).

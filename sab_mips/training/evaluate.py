@@ -19,7 +19,9 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     The same (seed, T) always gives the same batches, so evaluations along a run are comparable. SAB
     models run in chunks (``SABLSTM.predict``): memory grows with the slots, not with T.
     ``audit_every`` > 0 (models that retrieve): every n-th attention step is compared with exact search and
-    ``recall`` / ``mass_recovered`` are added. ``timed``: ``ms_per_step`` (the model's time per time step of
+    ``recall`` / ``mass_recovered`` are added, and so are ``scored_recall`` / ``scored_mass_recovered``, the
+    same over every attention step among the last ``task.scored_steps`` (those the task's metric reads).
+    ``timed``: ``ms_per_step`` (the model's time per time step of
     one batch, data generation excluded) and ``retrieval_seconds`` are added. ``chunk``: time steps fed to a
     SAB model at once.
     """
@@ -31,7 +33,8 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     totals: dict[str, float] = {}
     stats = RetrievalStats()
     seconds = 0.0
-    options = {"audit_every": audit_every} if audit_every else {}
+    audit_from = task.seq_len(T) - task.scored_steps
+    options = {"audit_every": audit_every, "audit_from": audit_from} if audit_every else {}
     for j in range(batches):
         x, y = task.make_batch(T, batch_size, batch_generator(seed, j, "eval"))
         x, y = x.to(device), y.to(device)
@@ -50,7 +53,8 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     model.train(was_training)
     metrics = {name: value / batches for name, value in totals.items()}
     if audit_every:
-        metrics.update({k: v for k, v in stats.as_metrics().items() if k in ("recall", "mass_recovered")})
+        audited = ("recall", "mass_recovered", "scored_recall", "scored_mass_recovered")
+        metrics.update({k: v for k, v in stats.as_metrics().items() if k in audited})
     if timed:
         metrics["ms_per_step"] = 1000 * seconds / (batches * task.seq_len(T))
         metrics["retrieval_seconds"] = stats.search_seconds + stats.add_seconds
