@@ -133,14 +133,17 @@ def _near_one_axis(ax) -> None:
 
 
 def plot_retrieval(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Three panels from a SAB-MIPS run's train lines: recall@k_top and attention mass recovered, gradient
-    cosine (approximate vs exact candidates), and the fraction of each update spent in the index."""
+    """Three panels from a SAB-MIPS run's train lines: recall@k_top (sampled steps, and the steps the task
+    scores) and attention mass recovered, gradient cosine (approximate vs exact candidates), and the fraction
+    of each update spent in the index."""
     fig, (ax_recall, ax_cos, ax_time) = plt.subplots(1, 3, figsize=(15, 4))
-    for i, (key, label) in enumerate((("recall", "recall@k_top"), ("mass_recovered", "mass recovered"))):
+    lines = (("recall", "recall@k_top", "C0"), ("mass_recovered", "mass recovered", "C1"),
+             ("scored_recall", "recall@k_top, steps the task scores", "C4"))
+    for key, label, color in lines:
         steps, values = _series(records, key)
         if steps:
-            ax_recall.plot(steps, values, lw=0.6, alpha=0.35, color=f"C{i}")
-            ax_recall.plot(steps, _running_mean(values, max(1, len(values) // 20)), lw=1.2, color=f"C{i}", label=label)
+            ax_recall.plot(steps, values, lw=0.6, alpha=0.35, color=color)
+            ax_recall.plot(steps, _running_mean(values, max(1, len(values) // 20)), lw=1.2, color=color, label=label)
     steps, values = _series(records, "grad_cosine")
     if steps:
         ax_cos.plot(steps, values, marker="o", ms=3, color="C2")

@@ -26,6 +26,9 @@ def test_compare_writes_a_report_and_reuses_runs(tmp_path, capsys):
              if r["split"] == "train"]
     # the row summarises the run's own audit lines; one 12-bit table misses most true top slots
     assert lsh["recall"] == pytest.approx(statistics.fmean(r["recall"] for r in lines)) and lsh["recall"] < 0.5
+    # the copy task's 10 output steps, audited apart on every training pass
+    assert lsh["scored_recall"] == pytest.approx(statistics.fmean(r["scored_recall"] for r in lines))
+    assert all(r["scored_queries"] == 2 * 10 for r in lines) and rows["exact"]["scored_recall"] == 1.0
     assert lsh["grad_cosine"] == pytest.approx(statistics.fmean(r["grad_cosine"] for r in lines))
     assert lsh["grad_cosine"] < 0.99 and lsh["steps"] == 2 and lsh["audited"] is True
     assert (out / "comparison.png").is_file() and "| `exact` |" in (out / "report.md").read_text()

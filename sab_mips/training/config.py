@@ -53,8 +53,9 @@ class TrainConfig(Config):
     checkpoint_every: int = option(100, "write a checkpoint every this many updates (and at the end).")
     seed: int = option(0, "seeds parameter init and the data stream (batch i is a pure function of (seed, i)).")
     audit_every: int = option(10, "SAB-MIPS with an approximate index: compare every n-th attention step of a "
-                                  "training pass with exact search (recall@k_top, attention mass recovered); 0: "
-                                  "never. Skipped for exact retrieval.")
+                                  "training pass with exact search (recall@k_top, attention mass recovered), and "
+                                  "every step the task's metric reads (scored_recall); 0: never. Skipped for exact "
+                                  "retrieval.")
     grad_cosine_every: int = option(50, "SAB-MIPS with an approximate index: every n-th update, one extra forward "
                                         "and backward with exact candidates gives the cosine between approximate "
                                         "and exact gradients; 0: never.")

@@ -153,13 +153,15 @@ class Trainer:
         y = self.dist.shard(y, cfg.batch_size).to(self.device)
         extra: dict[str, float] = {}
         audit_every = cfg.audit_every if self.audited else 0
+        # with the sampled audits, every attention step among those the task's metric reads (scored_recall)
+        audits = {"audit_every": audit_every, "audit_from": x.shape[1] - task.scored_steps} if audit_every else {}
         cosine_audit = self.audited and cfg.grad_cosine_every and (self.step + 1) % cfg.grad_cosine_every == 0
         # the exact-gradient audit replays this pass's exploration draws (captured only when it will run)
         rng_before = rng_state(self.device) if cosine_audit else None
         if self.uses_engine(x.shape[1]):
             self.optimizer.zero_grad(set_to_none=True)
             out = model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, chunk_loss=task.chunk_loss,
-                                         audit_every=audit_every, diagnostics=True)
+                                         diagnostics=True, **audits)
             logits = out.logits
 
             def exact_backward() -> None:
@@ -168,7 +170,7 @@ class Trainer:
                 self.dist.average_gradients(model.parameters())
         else:
             if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
-                out = model.run(x, audit_every=audit_every, diagnostics=True)
+                out = model.run(x, diagnostics=True, **audits)
                 logits = out.logits
             else:
                 out, logits = None, model(x)

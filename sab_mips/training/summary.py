@@ -2,7 +2,8 @@
 
 ``summarize_run`` gives one row per run: final eval metrics, median seconds per update (audits excluded,
 first update dropped as warm-up), median fraction of it spent in the index, mean recall@k_top and
-attention mass recovered over the audited steps, mean gradient cosine (approximate vs exact). Exact runs
+attention mass recovered over the audited steps (and recall over the steps the task scores,
+``scored_recall``), mean gradient cosine (approximate vs exact). Exact runs
 show 1 for recall and cosine: they are exact by construction and not audited. ``summarize_seeds`` groups
 rows by retrieval setting: mean, min and max of the final metric and the paired difference to the first
 setting's run *of the same seed*.
@@ -48,6 +49,7 @@ def summarize_run(run_dir: str | Path, primary: str) -> dict[str, Any]:
         "sec_per_update": statistics.median(r["sec_per_update"] for r in timed),
         "retrieval_fraction": statistics.median(r.get("retrieval_fraction", 0.0) for r in timed),
         "recall": 1.0 if exact else mean("recall"),
+        "scored_recall": 1.0 if exact else mean("scored_recall"),
         "mass_recovered": 1.0 if exact else mean("mass_recovered"),
         "grad_cosine": 1.0 if exact else mean("grad_cosine"),
         "audited": not exact,
@@ -70,7 +72,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def format_table(rows: dict[str, dict[str, Any]], primary: str) -> str:
     """A Markdown table, one row per run (retrieval setting, and seed when there are several)."""
     columns = ["steps", "eval_" + primary, "eval_loss", "sec_per_update", "retrieval_fraction", "recall",
-               "mass_recovered", "grad_cosine", "wall_time"]
+               "scored_recall", "mass_recovered", "grad_cosine", "wall_time"]
     return markdown_table(["retrieval", *columns], [[f"`{label}`", *(cell(row[c]) for c in columns)]
                                                for label, row in rows.items()])
 
