@@ -37,8 +37,8 @@ class Task(ABC):
         primary: the metric shown in progress bars and summaries.
         higher_is_better: whether a larger ``primary`` is better.
         describe: one line for ``--help`` and ``sab-mips info``.
-        scored_steps: how many of a sequence's last steps ``primary`` is computed on (retrieval audits at
-            evaluation look at those steps apart: ``scored_recall``).
+        scored_steps: how many of a sequence's last steps ``primary`` is computed on (retrieval audits look
+            at those steps apart: ``scored_recall``).
     """
 
     name: str
