@@ -240,27 +240,30 @@ def transfer_evals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def plot_transfer(records: list[dict[str, Any]], path: str | Path, primary: str, own_retrieval: str,
                   title: str = "") -> Path:
     """Three panels from the evaluations ``sab-mips eval`` added to a run (lines with a ``source``): the
-    ``primary`` metric, milliseconds per step and recall@k_top against T (log scale), one line per retrieval
-    (``own_retrieval`` for evaluations with the run's own index). Several evaluations at one (retrieval, T)
-    are all drawn; the line goes through their mean. Evaluations with another batch size get their own line
-    (time per step depends on it)."""
+    ``primary`` metric, milliseconds per step and recall@k_top against T (log scale; dashed: the recall at
+    the steps the task scores), one line per retrieval (``own_retrieval`` for evaluations with the run's own
+    index). Several evaluations at one (retrieval, T) are all drawn; the line goes through their mean.
+    Evaluations with another batch size get their own line (time per step depends on it)."""
     evals = [r for r in transfer_evals(records) if primary in r]
 
     def group(r: dict[str, Any]) -> str:
         return r.get("retrieval", own_retrieval) + (f", B={r['batch_size']}" if "batch_size" in r else "")
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = ((primary, primary), ("ms_per_step", "ms per time step"), ("recall", "recall@k_top vs exact search"))
+    panels = ((primary, primary), ("ms_per_step", "ms per time step"),
+              ("recall", "recall@k_top vs exact (dashed: scored steps)"))
+    curves = [(ax, key, "-") for ax, (key, _) in zip(axes, panels)] + [(axes[2], "scored_recall", "--")]
     for i, label in enumerate(dict.fromkeys(group(r) for r in evals)):
         mine = [r for r in evals if group(r) == label]
-        for ax, (key, _) in zip(axes, panels):
+        for ax, key, style in curves:
             points = sorted((r["T"], r[key]) for r in mine if key in r)
             if not points:
                 continue
             by_length: dict[int, list[float]] = {}
             for T, v in points:
                 by_length.setdefault(T, []).append(v)
-            ax.plot(list(by_length), [statistics.fmean(v) for v in by_length.values()], color=f"C{i % 10}", label=label)
+            ax.plot(list(by_length), [statistics.fmean(v) for v in by_length.values()], style, color=f"C{i % 10}",
+                    label=label if style == "-" else None)
             ax.plot([T for T, _ in points], [v for _, v in points], "o", ms=4, color=f"C{i % 10}")
     for ax, (key, label) in zip(axes, panels):
         ax.set(xscale="log", xlabel="T (evaluation length)", ylabel=label, title=label)

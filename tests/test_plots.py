@@ -35,7 +35,7 @@ def test_transfer_draws_each_retrieval_against_T_through_the_mean_of_repeated_ev
                {"split": "eval", "step": 5, "T": 1000, "accuracy": 0.7, "ms_per_step": 3.0, "source": "e"},
                {"split": "eval", "step": 5, "T": 10, "accuracy": 0.5, "ms_per_step": 2.0, "source": "e"},
                {"split": "eval", "step": 5, "T": 1000, "accuracy": 0.4, "ms_per_step": 0.5, "recall": 0.8,
-                "source": "e", "retrieval": "faiss:IVF4"},
+                "scored_recall": 0.6, "source": "e", "retrieval": "faiss:IVF4"},
                {"split": "eval", "step": 5, "T": 1000, "accuracy": 0.6, "source": "e", "batch_size": 8}]
     plots.plot_transfer(records, tmp_path / "t.png", "accuracy", own_retrieval="exact")
     accuracy, ms, recall = drawn
@@ -44,4 +44,5 @@ def test_transfer_draws_each_retrieval_against_T_through_the_mean_of_repeated_ev
     assert accuracy[2][0] == "faiss:IVF4" and accuracy[2][2] == [0.4]
     assert accuracy[4][0] == "exact, B=8" and accuracy[4][2] == [0.6]  # another batch size: its own line
     assert ms[0][2] == [2.0, 2.0]
-    assert len(recall) == 2 and recall[0][0] == "faiss:IVF4" and recall[0][2] == [0.8]  # only IVF has recall
+    assert len(recall) == 4 and recall[0][0] == "faiss:IVF4" and recall[0][2] == [0.8]  # only IVF has recall
+    assert recall[2][0].startswith("_") and recall[2][2] == [0.6]  # the scored steps' recall: dashed, unlabelled
