@@ -198,6 +198,8 @@ def cmd_curves(args: argparse.Namespace) -> int:
             ax.plot([s for s, _ in evals], [v for _, v in evals], lw=1, label=run_dir.name)
         ax.set_title(title)
         ax.set_xlabel("updates")
+        if args.log:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(args.metric)
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     curves.add_argument("--panel", nargs="+", action="append", required=True, metavar="TITLE DIR",
                         help="a panel's title, then its run directories (repeat for more panels)")
     curves.add_argument("--metric", default="accuracy", help="the eval metric to draw")
+    curves.add_argument("--log", action="store_true", help="a log scale for the metric (e.g. for mse)")
     args = parser.parse_args(argv)
     return {"run": cmd_run, "table": cmd_table, "curves": cmd_curves}[args.command](args)
 
