@@ -50,6 +50,10 @@ class Task(ABC):
     describe: str
     scored_steps: int
 
+    def scored_from(self, steps: int) -> int:
+        """The first step ``primary`` is computed on, in a sequence of ``steps`` steps (audits start there)."""
+        return steps - self.scored_steps
+
     def check_T(self, T: int) -> None:
         """Raise UserError unless T is a valid length parameter for this task."""
         if not isinstance(T, int) or T < self.min_T:

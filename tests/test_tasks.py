@@ -105,3 +105,25 @@ def test_chunk_losses_sum_to_the_loss(name, bounds):
     (grad_shares,) = torch.autograd.grad(shares, logits)
     assert shares.item() == pytest.approx(whole.item(), rel=1e-12)
     torch.testing.assert_close(grad_shares, grad_whole, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_scored_steps_are_the_steps_the_metric_reads(name):
+    """Logits changed before ``scored_from`` leave the primary metric as it is; the right answer at that step
+    moves it."""
+    task = TASKS[name]
+    x, y = task.make_batch(20, 4, torch.Generator().manual_seed(5))
+    steps = x.shape[1]
+    first = task.scored_from(steps)
+    assert first == steps - (10 if name == "copy" else 1)
+    logits = torch.randn(4, steps, task.output_size, generator=torch.Generator().manual_seed(6))
+    before, earlier, at = logits.clone(), logits.clone(), logits.clone()
+    noise = torch.Generator().manual_seed(7)
+    earlier[:, :first] = torch.randn(4, first, task.output_size, generator=noise)
+    if name == "copy":  # the right answer at the first scored step
+        at[:, first] = F.one_hot(y[:, first], task.output_size).float() * 100
+    else:
+        at[:, first, 0] = y
+    primary = task.primary
+    assert task.metrics(earlier, y)[primary] == task.metrics(before, y)[primary]
+    assert task.metrics(at, y)[primary] != task.metrics(before, y)[primary]

@@ -21,9 +21,8 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     ``audit_every`` > 0 (models that retrieve): every n-th attention step is compared with exact search and
     ``recall`` / ``mass_recovered`` are added, and so are ``scored_recall`` / ``scored_mass_recovered``, the
     same over every attention step among the last ``task.scored_steps`` (those the task's metric reads).
-    ``timed``: ``ms_per_step`` (the model's time per time step of
-    one batch, data generation excluded) and ``retrieval_seconds`` are added. ``chunk``: time steps fed to a
-    SAB model at once.
+    ``timed``: ``ms_per_step`` (the model's time per time step of one batch, data generation excluded) and
+    ``retrieval_seconds`` are added. ``chunk``: time steps fed to a SAB model at once.
     """
     task.check_T(T)
     flush_denormals()
@@ -33,8 +32,7 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     totals: dict[str, float] = {}
     stats = RetrievalStats()
     seconds = 0.0
-    audit_from = task.seq_len(T) - task.scored_steps
-    options = {"audit_every": audit_every, "audit_from": audit_from} if audit_every else {}
+    options = {"audit_every": audit_every, "audit_from": task.scored_from(task.seq_len(T))} if audit_every else {}
     for j in range(batches):
         x, y = task.make_batch(T, batch_size, batch_generator(seed, j, "eval"))
         x, y = x.to(device), y.to(device)

@@ -154,7 +154,7 @@ class Trainer:
         extra: dict[str, float] = {}
         audit_every = cfg.audit_every if self.audited else 0
         # with the sampled audits, every attention step among those the task's metric reads (scored_recall)
-        audits = {"audit_every": audit_every, "audit_from": x.shape[1] - task.scored_steps} if audit_every else {}
+        audits = {"audit_every": audit_every, "audit_from": task.scored_from(x.shape[1])} if audit_every else {}
         cosine_audit = self.audited and cfg.grad_cosine_every and (self.step + 1) % cfg.grad_cosine_every == 0
         # the exact-gradient audit replays this pass's exploration draws (captured only when it will run)
         rng_before = rng_state(self.device) if cosine_audit else None
