@@ -50,7 +50,10 @@ def test_compare_over_seeds_pairs_each_run_with_the_first_setting_of_its_seed(tm
     assert exact["seeds"] == [1, 2] and exact["paired_diff_max_abs"] == 0 and flat["paired_diff_max_abs"] == 0
     accuracies = [report["runs"][f"exact (seed {s})"]["eval_accuracy"] for s in (1, 2)]
     assert exact["eval_accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
-    assert "paired diff mean" in (out / "report.md").read_text()
+    lsh = report["summary"]["simple-lsh:bits=12,tables=1"]
+    scored = [report["runs"][f"simple-lsh:bits=12,tables=1 (seed {s})"]["scored_recall"] for s in (1, 2)]
+    assert lsh["scored_recall_mean"] == pytest.approx(sum(scored) / 2) and exact["scored_recall_mean"] == 1.0
+    assert "paired diff mean" in (out / "report.md").read_text() and "scored recall" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("extra, message", [

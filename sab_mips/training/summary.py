@@ -100,7 +100,7 @@ def summarize_seeds(rows: dict[str, dict[str, Any]], primary: str) -> dict[str, 
             "sec_per_update_mean": statistics.fmean(r["sec_per_update"] for r in runs.values()),
             **{name + "_mean": statistics.fmean(r[name] for r in runs.values()) if all(
                 r[name] is not None for r in runs.values()) else None
-               for name in ("recall", "mass_recovered", "grad_cosine")},
+               for name in ("recall", "scored_recall", "mass_recovered", "grad_cosine")},
         }
     return summary
 
@@ -109,10 +109,11 @@ def format_summary_table(summary: dict[str, dict[str, Any]], primary: str) -> st
     """A Markdown table of ``summarize_seeds``, one row per retrieval setting."""
     key = "eval_" + primary
     header = ["retrieval", "seeds", f"{key} mean", "min", "max", "paired diff mean", "paired diff max abs",
-              "s/update", "recall", "grad cosine"]
+              "s/update", "recall", "scored recall", "grad cosine"]
     return markdown_table(header, [[f"`{spec}`", str(len(s["seeds"])), cell(s[key + "_mean"]), cell(s[key + "_min"]),
                                cell(s[key + "_max"]), cell(s["paired_diff_mean"]), cell(s["paired_diff_max_abs"]),
-                               cell(s["sec_per_update_mean"]), cell(s["recall_mean"]), cell(s["grad_cosine_mean"])]
+                               cell(s["sec_per_update_mean"]), cell(s["recall_mean"]), cell(s["scored_recall_mean"]),
+                               cell(s["grad_cosine_mean"])]
                               for spec, s in summary.items()])
 
 
