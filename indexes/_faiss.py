@@ -183,6 +183,11 @@ class FaissIndex(MIPSIndex):
     def _native_nbytes(self, native: Any) -> int:
         return 0
 
+    def _deserialize(self, data: np.ndarray) -> Any:
+        """A native index from ``faiss.serialize_index``'s bytes, on its device, ready to search and add to
+        exactly like the one that was saved (variants restore here what FAISS does not serialize)."""
+        return self._place(self._faiss.deserialize_index(data))
+
     # ---- the contract -------------------------------------------------------------------------
     def factory_args(self) -> list[str]:
         return [self.descriptor(), *super().factory_args()]
@@ -239,6 +244,24 @@ class FaissIndex(MIPSIndex):
         rows = torch.tensor(native, device=queries.device)
         scores[rows], ids[rows] = native_scores[rows], native_ids[rows]
         return scores, ids
+
+    def _state_dict(self) -> dict[str, Any]:
+        # the native indexes themselves, not the keys to rebuild them from: a rebuild would redo the k-means
+        # trainings, the graph insertions and their random levels, which need not come out the same
+        natives = [None if native is None else self._serialize(native) for native in self._natives]
+        return {"store": self._store.state_dict(), "natives": natives, "filled": list(self._filled)}
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        self._store.load_state_dict(state["store"], self._device)
+        self._natives = [None if data is None else self._deserialize(data.cpu().numpy()) for data in state["natives"]]
+        self._filled = list(state["filled"])
+
+    def _serialize(self, native: Any) -> torch.Tensor:
+        """``faiss.serialize_index``'s bytes as a uint8 tensor (``torch.load(weights_only=True)`` refuses numpy
+        arrays); GPU indexes are copied to the host first."""
+        if self.on_gpu:
+            native = self._faiss.index_gpu_to_cpu(native)
+        return torch.from_numpy(self._faiss.serialize_index(native))
 
     def _gpu(self) -> Any:
         """Shared GPU resources of this index (faiss-gpu only)."""

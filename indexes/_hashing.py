@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .base import MIPSIndex, norm_cap, pad_results
+from .base import MIPSIndex, norm_cap, pad_results, saved_prefix
 from .exact import KeyStore
 
 PRIME = 2**31 - 1  # codes live in [0, 2^31), so b·2^31 + code is unique per (sequence, code)
@@ -127,6 +127,17 @@ class BucketTables:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self._keys, self._slots, self._tail))
+
+    def state_dict(self) -> dict[str, Any]:
+        # the sorted runs and the tail as they stand: when the tail is merged depends on its length, so
+        # merging it here (or rebuilding from codes) would change later merges and the order of candidates
+        return {"keys": self._keys.clone(), "slots": self._slots.clone(),
+                "tail": saved_prefix(self._tail, self._tail.shape[1]),  # may be a view of a larger code tensor
+                "tail_start": self._tail_start, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._keys, self._slots, self._tail = (state[name].to(self.device) for name in ("keys", "slots", "tail"))
+        self._tail_start, self.count = state["tail_start"], state["count"]
 
 
 def topk_per_sequence(
@@ -250,6 +261,32 @@ class LSHIndex(MIPSIndex):
         self._searches += 1
         self._queries += self.batch_size
         return top, ids
+
+    def _state_dict(self) -> dict[str, Any]:
+        assert self._tables is not None and self._max_norm is not None and self._caps is not None
+        return {
+            "store": self._store.state_dict(),
+            "tables": self._tables.state_dict(),
+            # drawn once from ``seed`` at the first add (all the hashes ``bucket`` may ever use): saved rather
+            # than drawn again, so a state does not depend on torch's generator staying the same across versions
+            "hash": {name: t.clone() for name, t in self._hash.items()},
+            "max_norm": self._max_norm.clone(),
+            "caps": self._caps.clone(),
+            "length": self._length,
+            "counters": [self._searches, self._queries, self._rehashes],
+            "candidates": [self._candidates_total, self._candidates_last],
+        }
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self._device
+        self._store.load_state_dict(state["store"], device)
+        self._tables = BucketTables(self.batch_size, self._tables_count(), device)
+        self._tables.load_state_dict(state["tables"])
+        self._hash = {name: t.to(device) for name, t in state["hash"].items()}
+        self._max_norm, self._caps = state["max_norm"].to(device), state["caps"].to(device)
+        self._length = state["length"]
+        self._searches, self._queries, self._rehashes = state["counters"]
+        self._candidates_total, self._candidates_last = state["candidates"]
 
     def stats(self) -> dict[str, float]:
         """candidates_per_query: mean over the last search's queries; candidates_per_query_mean: over all."""

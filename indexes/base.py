@@ -6,7 +6,8 @@ k results per query.
 Every sequence of a batch has its own memory: ``add(keys)`` appends ``keys[b]`` to sequence b's memory
 (slot ids are 0, 1, 2, ... per sequence, in insertion order) and ``search(queries, k)`` answers
 ``queries[b]`` from sequence b's slots only. Results are best first, padded with ``-inf`` scores and
-``-1`` ids when a sequence holds fewer than k slots.
+``-1`` ids when a sequence holds fewer than k slots. ``state_dict`` / ``load_state_dict`` checkpoint an
+index so that a resumed run continues exactly (see ``MIPSIndex``).
 
 Example::
 
@@ -22,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -41,6 +43,9 @@ class Param:
     requirement: str = ""  # what ``check`` demands, for the error message
 
 
+STATE_FORMAT = 1  # version of ``state_dict``'s layout; ``load_state_dict`` refuses any other
+
+
 def positive(value: Any) -> bool:
     return value > 0
 
@@ -50,7 +55,39 @@ def non_negative(value: Any) -> bool:
 
 
 class MIPSIndex(ABC):
-    """Per-sequence maximum-inner-product search over keys that arrive over time."""
+    """Per-sequence maximum-inner-product search over keys that arrive over time.
+
+    Checkpoints (``state_dict`` / ``load_state_dict``, as in torch): a model that checkpoints its slot memory
+    saves its index beside it, and a resumed run continues bit-exactly: the restored index answers every
+    search as the saved one would have (scores and ids, ``torch.equal``), and stays so through later adds,
+    trainings, rebuilds and rehashes. Rebuilding from the keys would not do that in general (IVF trains
+    on a prefix fixed at the time, HNSW draws a random level per insertion, dedup's groups depend on the
+    arrival order), so every backend saves its actual structures:
+
+    * all backends: the factory string (``load_state_dict`` refuses a state from another backend or other
+      parameters, search-time ones included; ``make_index(state["factory"])`` makes a matching index),
+      batch size, dim, key count, device and dtype, the ``trust_inputs`` flag, and the stored keys (every
+      backend re-scores exactly from them) with their buffer's capacity;
+    * ``faiss:*`` / ``faiss-gpu:*``: each sequence's native index as ``faiss.serialize_index`` bytes (None
+      while it is answered exactly), the keys already moved into it (the rest stay pending, as they were);
+      IVF: the prefix each quantizer was trained on and the trainings; HNSW: each sequence's norm cap and
+      maximum norm (``mips=l2``) and the rebuilds. FAISS does not serialize HNSW's level generator; loading
+      brings it to where the saved one stood (one draw per key held). ``faiss-gpu`` copies its indexes to
+      the host to save them and back to the GPU to load (written to FAISS's API, not tested here);
+    * ``dedup``: the groups (representatives, norms, members, counts) and each slot's group;
+    * ``alsh`` / ``simple-lsh``: the drawn hash parameters (not the seed's generator), the bucket tables
+      with their unsorted tail, norm caps, code length, and the search counters of ``stats()``.
+
+    The state holds only tensors (FAISS bytes as uint8 tensors), ints, floats, strings, bools, None and
+    lists/dicts of those: ``torch.save`` stores it and ``torch.load(..., weights_only=True)`` reads it.
+    Tensors keep their device; the index comes back on the device it was saved from. Size (``torch.save``,
+    10⁵ random keys of d=64 in float32, one sequence, after a flush; measured): ``exact`` 256 bytes per key
+    (the keys), ``faiss:Flat`` 512 (the keys twice: the re-ranking store and the native index),
+    ``faiss:IVF256`` 521 (the same plus an 8-byte id per key, and 64 KiB of centroids), ``faiss:HNSW32``
+    784 (plus the graph's links), ``simple-lsh`` (8 tables) 353, ``alsh`` (16 tables) 449 (12 bytes per key
+    and table), ``dedup`` 264 + 336·R/N for R groups (600 when no key repeats). Saving or loading one took
+    0.02-0.33 s on this 2-core CPU.
+    """
 
     name: ClassVar[str]
     params: ClassVar[dict[str, Param]] = {}
@@ -228,9 +265,71 @@ class MIPSIndex(ABC):
         with torch.no_grad():
             return self._search(queries, k)
 
+    # ---- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot from which ``load_state_dict`` continues exactly where this index stands.
+
+        Tensors are compact copies (not views of the growing buffers), so later adds change nothing in it.
+        Deferred work (keys not yet moved into native structures) stays deferred, as it is here. The class
+        docstring says what the state holds and what it costs.
+        """
+        state: dict[str, Any] = {"format": STATE_FORMAT, "factory": str(self), "batch_size": self._batch_size}
+        if self._batch_size is None:
+            return state
+        state.update(
+            dim=self._dim,
+            count=self._count,
+            device=None if self._device is None else str(self._device),
+            dtype=None if self._dtype is None else str(self._dtype).removeprefix("torch."),
+            check_finite=self.check_finite,
+        )
+        if self._count:  # without keys a backend holds nothing beyond what ``reset`` makes
+            with torch.no_grad():
+                state["backend"] = self._state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Become the index that ``state`` (from ``state_dict``) was saved from: its keys, its native
+        structures, its deferred work, counters and ``trust_inputs`` flag, on the device it was saved from.
+
+        The index must have been made from the same factory string (search-time parameters included: they
+        change results); ``make_index(state["factory"])`` makes one. Raises ValueError otherwise.
+        """
+        if not isinstance(state, dict) or "factory" not in state:
+            raise ValueError(f"index '{self.name}': expected a dict from MIPSIndex.state_dict(), "
+                             f"got {_describe(state)}")
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"index state has format {state.get('format')!r}; "
+                             f"this version reads format {STATE_FORMAT}")
+        if state["factory"] != str(self):
+            raise ValueError(f"index state was saved by {state['factory']!r}, this index is {str(self)!r}; "
+                             f"load it into make_index({state['factory']!r})")
+        if state["batch_size"] is None:
+            self._batch_size = self._dim = self._device = self._dtype = None
+            self._count, self.check_finite = 0, True
+            return
+        self.reset(state["batch_size"], state["dim"])  # validates, checks availability, empties the backend
+        self.check_finite = state["check_finite"]
+        if state["device"] is not None:
+            self._device, self._dtype = torch.device(state["device"]), _parse_dtype(state["dtype"])
+        if state["count"]:
+            with torch.no_grad():
+                self._load_state_dict(state["backend"])
+            self._count = state["count"]
+
     # ---- what backends implement --------------------------------------------------------------
     @abstractmethod
     def _reset(self) -> None: ...
+
+    @abstractmethod
+    def _state_dict(self) -> dict[str, Any]:
+        """The backend's state (at least one key stored): only tensors, ints, floats, strings, None and
+        lists/dicts of those, tensors compact (``saved_prefix``) so that ``torch.save`` stores no more."""
+
+    @abstractmethod
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``_state_dict()``'s output into a just-reset index whose ``_device`` and ``_dtype`` are
+        set; tensors go to ``self._device``."""
 
     @abstractmethod
     def _add(self, keys: torch.Tensor) -> None:
@@ -286,6 +385,37 @@ def norm_cap(max_norm: float) -> float:
     j = math.ceil(math.log(max_norm) / math.log(NORM_GRID))
     cap = NORM_GRID**j
     return cap if cap >= max_norm else NORM_GRID ** (j + 1)
+
+
+def saved_prefix(buffer: torch.Tensor, used: int, dim: int = 1) -> torch.Tensor:
+    """A compact copy of the first ``used`` entries of ``buffer`` along ``dim``, for a state dict.
+
+    A copy, because the buffers are written in place by later adds; compact, because ``torch.save`` of a
+    view stores the whole storage behind it (the spare capacity of a growable buffer included).
+    """
+    return buffer.narrow(dim, 0, used).clone(memory_format=torch.contiguous_format)
+
+
+def restored_buffer(prefix: torch.Tensor, capacity: int, dim: int = 1, fill: float = 0.0,
+                    device: torch.device | None = None) -> torch.Tensor:
+    """The inverse of ``saved_prefix``: a buffer of ``capacity`` entries along ``dim`` on ``device``, starting
+    with ``prefix``, the rest ``fill``.
+
+    The capacity is restored, not only the contents, so that the buffer then grows at the same adds and keeps
+    the same strides as the original's (a batched product over a strided view may round differently).
+    """
+    shape = list(prefix.shape)
+    shape[dim] = capacity
+    buffer = torch.full(shape, fill, dtype=prefix.dtype, device=device if device is not None else prefix.device)
+    buffer.narrow(dim, 0, prefix.shape[dim]).copy_(prefix)
+    return buffer
+
+
+def _parse_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None) if re.fullmatch(r"[a-z0-9]+", name or "") else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"index state names an unknown dtype {name!r}")
+    return dtype
 
 
 def _empty_result(queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

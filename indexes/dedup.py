@@ -38,9 +38,11 @@ Example::
 """
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
-from .base import MIPSIndex, Param, pad_results
+from .base import MIPSIndex, Param, pad_results, restored_buffer, saved_prefix
 from .exact import KeyStore, rerank
 
 
@@ -141,6 +143,37 @@ class DedupIndex(MIPSIndex):
         first = torch.where(members >= 0, position, float("inf")).topk(min(k, N), dim=1, largest=False).indices
         ids = members.gather(1, first)  # all valid once N >= k (the k best groups hold at least k members)
         return pad_results(*rerank(self._store.view(), queries, ids, all_valid=N >= k), k)
+
+    # The per-group buffers, each with the value its unused entries hold (``_grown``'s fill) and the dim
+    # along which groups lie. Only the first R = ``_most`` groups are saved: entries from R on are never read
+    # before ``_place`` writes them (a representative written where the key joined a group lies at or
+    # beyond the sequence's group count, and is rewritten when a group starts there), so restoring them as
+    # fill continues exactly.
+    _GROUP_BUFFERS: ClassVar[dict[str, tuple[float, int]]] = {
+        "reps": (0.0, 2), "rep_norms": (0.0, 1), "bias": (float("-inf"), 1), "members": (-1, 1), "joined": (0, 1),
+    }
+
+    def _state_dict(self) -> dict[str, Any]:
+        assert self._reps is not None and self._group_of is not None
+        state = {name: saved_prefix(getattr(self, "_" + name), self._most, dim)
+                 for name, (_, dim) in self._GROUP_BUFFERS.items()}
+        return {
+            **state,
+            "group_capacity": self._reps.shape[2],
+            "groups": self._groups.clone(),
+            "group_of": saved_prefix(self._group_of, self._count),
+            "slot_capacity": self._group_of.shape[1],
+            "store": self._store.state_dict(),
+        }
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self._device
+        for name, (fill, dim) in self._GROUP_BUFFERS.items():
+            setattr(self, "_" + name, restored_buffer(state[name], state["group_capacity"], dim, fill, device))
+        self._groups = state["groups"].to(device)
+        self._most, self._fewest = int(self._groups.max()), int(self._groups.min())
+        self._group_of = restored_buffer(state["group_of"], state["slot_capacity"], device=device)
+        self._store.load_state_dict(state["store"], device)
 
     def stats(self) -> dict[str, float]:
         if self._groups is None:

@@ -22,9 +22,11 @@ Example::
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .base import MIPSIndex, pad_results
+from .base import MIPSIndex, pad_results, restored_buffer, saved_prefix
 
 
 class KeyStore:
@@ -62,9 +64,22 @@ class KeyStore:
     def nbytes(self) -> int:
         return 0 if self._keys is None else self._keys.numel() * self._keys.element_size()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stored keys in the buffer's layout ((B, d, N) by column, else (B, N, d)) and its capacity."""
+        assert self._keys is not None
+        return {"keys": saved_prefix(self._keys, self.count, self._slot_dim()), "capacity": self._capacity()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        keys = state["keys"]
+        self._keys = restored_buffer(keys, state["capacity"], self._slot_dim(), device=device)
+        self.count = keys.shape[self._slot_dim()]
+
+    def _slot_dim(self) -> int:
+        return 2 if self.by_column else 1
+
     def _capacity(self) -> int:
         assert self._keys is not None
-        return self._keys.shape[2] if self.by_column else self._keys.shape[1]
+        return self._keys.shape[self._slot_dim()]
 
     def _rows(self, buffer: torch.Tensor) -> torch.Tensor:
         return buffer.transpose(1, 2) if self.by_column else buffer
@@ -119,6 +134,12 @@ class ExactIndex(MIPSIndex):
 
     def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return brute_force_topk(self._store.view(), queries, k)
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {"store": self._store.state_dict()}
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        self._store.load_state_dict(state["store"], self._device)
 
     def nbytes(self) -> int:
         return self._store.nbytes()

@@ -123,5 +123,24 @@ class FaissHNSW(FaissIndex):
     def _native_nbytes(self, native: Any) -> int:
         return native.ntotal * native.d * 4 + native.hnsw.neighbors.size() * 4 + native.hnsw.levels.size() * 4
 
+    def _state_dict(self) -> dict[str, Any]:
+        return {**super()._state_dict(), "max_norm": list(self._max_norm), "caps": list(self._caps),
+                "rebuilds": self._rebuilds}
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        super()._load_state_dict(state)
+        self._max_norm, self._caps, self._rebuilds = list(state["max_norm"]), list(state["caps"]), state["rebuilds"]
+
+    def _deserialize(self, data: np.ndarray) -> Any:
+        native = super()._deserialize(data)
+        # FAISS does not serialize the generator that draws each inserted key's graph level: a read index
+        # starts it afresh (seed 12345, like a new one), so later inserts would get other levels and another
+        # graph. It draws once per inserted key (``HNSW::random_level``) and nothing else uses it, so
+        # drawing once per key already held brings it to where the saved index's generator stood.
+        rng = native.hnsw.rng
+        for _ in range(native.hnsw.levels.size()):
+            rng.rand_float()
+        return native
+
     def stats(self) -> dict[str, float]:
         return {"rebuilds": float(self._rebuilds)} if self._batch_size is not None else {}

@@ -92,9 +92,12 @@ class FaissIVF(FaissIndex):
         native.train(self._native_vectors(b, self._store.view()[b, :size]))
         self._trained_on[b] = size
         self._trainings += 1
-        native = self._place(native)
-        if self.on_gpu:
-            faiss.GpuParameterSpace().set_index_parameter(native, "nprobe", self.get_param("nprobe"))
+        return self._place(native)
+
+    def _place(self, cpu_index: Any) -> Any:
+        native = super()._place(cpu_index)
+        if self.on_gpu:  # a GPU index takes nprobe as a setting, not per search (see _search_params)
+            self._faiss.GpuParameterSpace().set_index_parameter(native, "nprobe", self.get_param("nprobe"))
         return native
 
     def _fill(self, b: int, start: int, stop: int) -> None:
@@ -115,6 +118,13 @@ class FaissIVF(FaissIndex):
 
     def _native_nbytes(self, native: Any) -> int:
         return native.ntotal * (self.dim * 4 + 8) + self.nlist * self.dim * 4
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {**super()._state_dict(), "trained_on": list(self._trained_on), "trainings": self._trainings}
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        super()._load_state_dict(state)
+        self._trained_on, self._trainings = list(state["trained_on"]), state["trainings"]
 
     def stats(self) -> dict[str, float]:
         return {"trainings": float(self._trainings)} if self._batch_size is not None else {}
