@@ -4,11 +4,11 @@ Shapes used throughout: B batch, T time, H hidden size, N memory slots, K = k_to
 
 Layers, lowest first (``scripts/import_graph.py`` checks that imports only point down): ``ops`` (pure
 tensor functions), ``retrieval`` (measuring retrieval), ``model`` and ``tasks``, ``training``, then the
-applications ``bench`` and ``cli``. ``indexes`` (the retrieval backends) is a package of its own.
+offline index tools ``offline_retrieval`` and the applications ``bench`` and ``cli``. ``indexes`` (the retrieval backends) is a package of its own.
 """
 from .errors import UserError
-from .model import (MODEL_FIELDS, MODELS, SCORERS, AttentionRecord, DenseAttentionLSTM, LSTMBaseline, SABConfig,
-                    SABLayer, SABLSTM, SABOutput, SABState, build_model)
+from .model import (MODEL_FIELDS, MODELS, SCORERS, AttentionRecord, DenseAttentionLSTM, LSTMBaseline, PassOptions,
+                    SABConfig, SABLayer, SABLSTM, SABOutput, SABState, build_model)
 from .ops import sparse_attention_weights
 from .tasks import TASKS, get_task
 from .training import Trainer, TrainConfig, evaluate, load_run, train
@@ -21,6 +21,7 @@ __all__ = [
     "LSTMBaseline",
     "MODELS",
     "MODEL_FIELDS",
+    "PassOptions",
     "SABConfig",
     "SABLSTM",
     "SABLayer",

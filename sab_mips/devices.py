@@ -23,7 +23,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {spec!r}: CUDA is not available here (a CPU build of torch, or no GPU "
-                            f"visible); use --device cpu, or install a CUDA build of torch (README: GPU)")
+                            f"visible); use --device cpu, or install a CUDA build of torch (docs/gpu-and-distributed.md)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device

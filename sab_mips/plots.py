@@ -192,14 +192,14 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, pri
     ax_loss.set(xlabel="update", ylabel="loss (running mean)", title="training loss")
     ax_loss.set_yscale("log")
     ax_eval.set(xlabel="update", ylabel=primary, title=f"eval {primary}")
-    ax_recall.set(xlabel="update", ylabel="recall@k_top", title="retrieval recall over training (exact runs: 1)")
+    ax_recall.set(xlabel="update", ylabel="recall@k_top", title="retrieval recall over training (exact runs: not audited)")
     return _finish(fig, (ax_loss, ax_eval, ax_recall), path, title, dpi=100, legend_size=7)
 
 
 def plot_tuning(rows: list[dict[str, Any]], frontier: list[dict[str, Any]], best: dict[str, Any] | None,
                 baseline: dict[str, Any], target: float, title: str, path: str | Path) -> Path:
     """Recall@k_top against search time per query of every tuned setting, its Pareto frontier and the
-    recommended setting (rows of ``retrieval.tuning.measure``)."""
+    recommended setting (rows of ``offline_retrieval.tuning.measure``)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([r["ms_per_query"] for r in rows], [r["recall"] for r in rows], s=14, color="0.6", label="settings")
     ax.plot([r["ms_per_query"] for r in frontier], [r["recall"] for r in frontier], "o-", color="C0", label="Pareto frontier")

@@ -3,7 +3,7 @@
 #
 #   bash scripts/gpu_check.sh [--dry] [OUT_DIR]
 #
-# On a machine with a GPU (and the CUDA build of torch; faiss-gpu for the GPU indexes, README "GPU") it runs
+# On a machine with a GPU (and the CUDA build of torch; faiss-gpu for the GPU indexes, docs/gpu-and-distributed.md) it runs
 #   1. the CUDA and faiss-gpu tests (tests/test_cuda.py and the index contract's GPU cases),
 #   2. `sab-mips bench step` on CUDA: SAB against the fused cuDNN LSTM at T = 1000 and 3000,
 #   3. `sab-mips bench retrieval` on CUDA (exact and faiss-gpu indexes),

@@ -1,9 +1,9 @@
-"""The slow, obvious twins of the models: the references the tests trust.
+"""The slow, obvious twins of the models: the references the tests trust (only the tests use them).
 
 One plain loop over time steps with the model's own parameters: the memory is a Python list of slot
 tensors stacked in full at every attention step, every slot is scored with the scorer's textbook formula,
-and the sparsifier is the row-by-row ``sparse_attention_weights_reference``. It costs O(N) time and graph
-memory per step; the fast path must match its outputs and gradients.
+and the sparsifier is the row-by-row twin in ``reference_ops``. It costs O(N) time and graph memory per
+step; the fast path must match its outputs and gradients.
 
 With ``replay`` (the candidate ids an earlier pass recorded, ``AttentionRecord.candidate_ids``) only those
 candidates compete at each attention step, padding (-1) included: the twin of SAB-MIPS with any index,
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.sparsify import softmax_topk_weights_reference, sparse_attention_weights_reference
-from .baselines import LSTMBaseline
-from .sab import DenseAttentionLSTM, SABLSTM
+from sab_mips.model.baselines import LSTMBaseline
+from sab_mips.model.sab import DenseAttentionLSTM, SABLSTM
+
+from reference_ops import softmax_topk_weights_reference, sparse_attention_weights_reference
 
 
 def sab_forward_reference(model: SABLSTM, x: torch.Tensor, replay: torch.Tensor | None = None) -> torch.Tensor:

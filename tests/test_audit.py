@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from indexes import make_index
-from sab_mips import SABConfig, TrainConfig, build_model
+from sab_mips import PassOptions, SABConfig, TrainConfig, build_model
 from sab_mips.cli import main
 from sab_mips.retrieval import RetrievalStats, mass_recovered, recall_at_k
 from sab_mips.retrieval.metrics import score_scale
@@ -21,7 +21,7 @@ def make(retrieval, **kwargs):
 
 
 def audited(model, x, every=1):
-    return model.run(x, audit_every=every).stats
+    return model.run(x, PassOptions(audit_every=every)).stats
 
 
 def exact_index(keys):
@@ -118,12 +118,14 @@ def test_mass_recovered_by_hand():
 
 def test_audits_skipped_for_exact_retrieval_and_replay():
     x = torch.randn(2, 20, 3, dtype=torch.float64)
-    assert "exact" in audited(make("exact"), x).audits
-    assert "recall" not in audited(make("exact"), x).as_metrics()
+    stats = audited(make("exact"), x)
+    assert stats.audits == "skipped: retrieval 'exact' is exact (recall 1 and gradient cosine 1 by construction)"
+    assert stats.audited_queries == stats.scored_queries == 0 and "recall" not in stats.as_metrics()
     model = make(COARSE)
-    record = model.run(x, record=True).record
-    stats = model.run(x, replay=record.candidate_ids, audit_every=1).stats
-    assert "replayed" in stats.audits and "recall" not in stats.as_metrics()
+    record = model.run(x, PassOptions(record=True)).record
+    stats = model.run(x, PassOptions(replay=record.candidate_ids, audit_every=1)).stats
+    assert stats.audits == "skipped: candidates replayed from a record"
+    assert stats.audited_queries == stats.scored_queries == 0 and "recall" not in stats.as_metrics()
 
 
 def test_audit_of_an_index_that_happens_to_be_exact_gives_one():
@@ -145,12 +147,13 @@ def test_scored_audits_are_every_step_from_audit_from():
     the sampled sums (every step) after the second chunk minus those after the first give the scored sums."""
     model = make(COARSE)
     x = torch.randn(2, 20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    state = model.layer.initial_state(2, dtype=torch.float64, audit_every=1, audit_from=15)
+    state = model.layer.initial_state(2, PassOptions(audit_every=1, audit_from=15), dtype=torch.float64)
     model.layer(x[:, :15], state)
-    before = (float(state.stats.recall_sum), float(state.stats.mass_sum), state.stats.audited_queries)
-    assert state.stats.scored_queries == 0
+    stats = state.recorder.stats
+    before = (float(stats.recall_sum), float(stats.mass_sum), stats.audited_queries)
+    assert stats.scored_queries == 0
     model.layer(x[:, 15:], state)
-    stats = state.stats
+    stats = state.recorder.stats
     assert stats.scored_queries == stats.audited_queries - before[2] == 2 * 5  # steps 15..19, two sequences
     assert float(stats.scored_recall_sum) == pytest.approx(float(stats.recall_sum) - before[0], abs=1e-12)
     assert float(stats.scored_mass_sum) == pytest.approx(float(stats.mass_sum) - before[1], abs=1e-12)
@@ -159,14 +162,14 @@ def test_scored_audits_are_every_step_from_audit_from():
 
 def test_scored_audits_alone_and_with_sampled_ones():
     x = torch.randn(2, 20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    alone = make(COARSE).run(x, audit_from=18).stats.as_metrics()
+    alone = make(COARSE).run(x, PassOptions(audit_from=18)).stats.as_metrics()
     assert alone["scored_queries"] == 2 * 2 and "recall" not in alone  # no sampled audits asked for
-    both = make(COARSE).run(x, audit_every=5, audit_from=0).stats.as_metrics()
+    both = make(COARSE).run(x, PassOptions(audit_every=5, audit_from=0)).stats.as_metrics()
     assert both["audited_queries"] == 2 * 4 and both["scored_queries"] == 2 * 19  # attention at steps 1..19
-    same = make(COARSE).run(x, audit_every=1, audit_from=0).stats.as_metrics()
+    same = make(COARSE).run(x, PassOptions(audit_every=1, audit_from=0)).stats.as_metrics()
     assert same["scored_recall"] == same["recall"] and same["scored_mass_recovered"] == same["mass_recovered"]
     with pytest.raises(ValueError, match="audit_from must be >= 0"):
-        make(COARSE).run(x, audit_from=-1)
+        make(COARSE).run(x, PassOptions(audit_from=-1))
 
 
 def test_gradient_cosine_restores_the_gradient():
@@ -174,12 +177,12 @@ def test_gradient_cosine_restores_the_gradient():
     x = torch.randn(2, 20, 3, dtype=torch.float64)
     model(x).sum().backward()
     before = {n: p.grad.clone() for n, p in model.named_parameters()}
-    cosine = exact_gradient_cosine(model, lambda: model.run(x, retrieval="exact").logits.sum().backward())
+    cosine = exact_gradient_cosine(model, lambda: model.run(x, PassOptions(retrieval="exact")).logits.sum().backward())
     assert -1 <= cosine < 1 - 1e-9
     assert all(torch.equal(before[n], p.grad) for n, p in model.named_parameters())
     exact = make("faiss:HNSW32")  # exact in practice at this size
     exact(x).sum().backward()
-    assert exact_gradient_cosine(exact, lambda: exact.run(x, retrieval="exact").logits.sum().backward()) == pytest.approx(1.0)
+    assert exact_gradient_cosine(exact, lambda: exact.run(x, PassOptions(retrieval="exact")).logits.sum().backward()) == pytest.approx(1.0)
 
 
 def _train(tmp_path, retrieval, name):

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from sab_mips import SABConfig, build_model
-from sab_mips.model.reference import lstm_forward_reference
 
 from helpers import assert_same, outputs_and_grads
+from reference_models import lstm_forward_reference
 
 
 def make(model, k_trunc=4):

@@ -42,6 +42,26 @@ def test_train_resume_eval_plot(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
 
 
+def test_eval_through_several_indexes_prints_a_table_of_what_each_measured(tmp_path, capsys):
+    """Each index gets its own eval line (and metrics line); the table shows their values, "–" where nothing
+    was measured (exact search is not audited), and a bad factory string fails before any evaluation."""
+    run = tmp_path / "run"
+    assert main(["train", *TINY_SAB, *TINY_RUN, "--steps", "1", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    argv = ["eval", "--run", str(run), "--T", "20", "--batches", "1", "--audit-every", "1", "--retrieval", "exact",
+            "simple-lsh:bits=4,tables=1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if r.get("source") == "sab-mips eval"]
+    assert [r["retrieval"] for r in evals] == ["exact", "simple-lsh:bits=4,tables=1"]
+    table = printed[printed.index("T=20, 2 sequences:"):].splitlines()
+    exact_row, lsh_row = table[2].split(), table[3].split()
+    assert exact_row == ["exact", f"{evals[0]['accuracy']:.4f}", f"{evals[0]['ms_per_step']:.3f}", "–", "–"]
+    assert lsh_row[0] == "simple-lsh:bits=4,tables=1" and lsh_row[3] == f"{evals[1]['recall']:.4f}"
+    assert "unknown" in _error(capsys, ["eval", "--run", str(run), "--retrieval", "exact", "nope:x=1"])
+    assert len([r for r in read_metrics(run / "metrics.jsonl") if r.get("source") == "sab-mips eval"]) == 2
+
+
 def test_plot_draws_the_attention_map_of_a_long_run_at_a_bounded_length(tmp_path, capsys, monkeypatch):
     """A (T, T) map of a run trained at T=10^5 would not fit in memory: it is drawn at MAX_MAP_T."""
     from sab_mips.cli import plot as plot_command

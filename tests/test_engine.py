@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sab_mips import SABConfig, build_model
+from sab_mips import PassOptions, SABConfig, build_model
 from sab_mips.tasks import get_task
 
 from helpers import assert_same
@@ -27,7 +27,7 @@ def loss_fn(logits, y):
 def plain_grads(model, x, y, **options):
     model.zero_grad()
     x = x.clone().requires_grad_()
-    loss = loss_fn(model.run(x, **options).logits, y)
+    loss = loss_fn(model.run(x, PassOptions(**options)).logits, y)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, x.grad
 
@@ -35,7 +35,7 @@ def plain_grads(model, x, y, **options):
 def engine_grads(model, x, y, chunk, **options):
     model.zero_grad()
     x = x.clone().requires_grad_()
-    out = model.forward_backward(x, y, loss_fn, chunk=chunk, **options)
+    out = model.forward_backward(x, y, loss_fn, chunk=chunk, options=PassOptions(**options))
     return out.loss, {n: p.grad.clone() for n, p in model.named_parameters()}, x.grad
 
 
@@ -58,9 +58,9 @@ def test_engine_equals_plain_autograd_float64(cfg, chunk):
 def test_engine_replays_candidates_kept_across_blocks(monkeypatch):
     """Kept candidate ids are stacked in blocks; with blocks of 7 steps (60 attention steps: 8 full blocks and
     a partial one) the engine still replays each step's own ids."""
-    from sab_mips.model import state
+    from sab_mips.model import recorder
 
-    monkeypatch.setattr(state, "KEEP_BLOCK", 7)
+    monkeypatch.setattr(recorder, "KEEP_BLOCK", 7)
     model = make(preset="paper")
     x, y = data()
     assert_same(engine_grads(model, x, y, 8), plain_grads(model, x, y), 1e-10, relative=True)
@@ -72,7 +72,7 @@ def test_engine_with_an_approximate_index_and_its_recorded_candidates(retrieval)
     model = make(preset="paper", retrieval=retrieval, k_att=1, k_cand=4)
     x, y = data(T=80)
     assert_same(engine_grads(model, x, y, 8), plain_grads(model, x, y), 1e-10, relative=True)
-    record = model.run(x, record=True).record
+    record = model.run(x, PassOptions(record=True)).record
     assert_same(engine_grads(model, x, y, 12, replay=record.candidate_ids),
                 plain_grads(model, x, y, replay=record.candidate_ids), 1e-10, relative=True)
 
@@ -89,8 +89,8 @@ def test_engine_while_exploring_draws_like_a_plain_pass():
 def test_engine_reports_what_the_pass_measured():
     model = make(preset="paper", retrieval="simple-lsh:bits=12,tables=1", k_att=1)
     x, y = data(T=40)
-    out = model.forward_backward(x, y, loss_fn, chunk=8, record=True, audit_every=1, diagnostics=True)
-    plain = model.run(x, record=True, audit_every=1, diagnostics=True)
+    out = model.forward_backward(x, y, loss_fn, chunk=8, options=PassOptions(record=True, audit_every=1, diagnostics=True))
+    plain = model.run(x, PassOptions(record=True, audit_every=1, diagnostics=True))
     torch.testing.assert_close(out.logits, plain.logits.detach(), rtol=0, atol=1e-12)
     assert torch.equal(out.record.candidate_ids, plain.record.candidate_ids)
     assert out.stats.as_metrics()["recall"] == pytest.approx(plain.stats.as_metrics()["recall"])
@@ -156,7 +156,7 @@ def test_predict_in_chunks_equals_run():
     model = make(preset="paper", retrieval="faiss:Flat", k_att=1)
     model.eval()
     x, _ = data(T=33)
-    out = model.predict(x, chunk=5, record=True)
+    out = model.predict(x, chunk=5, options=PassOptions(record=True))
     torch.testing.assert_close(out.logits, model.run(x).logits.detach(), rtol=0, atol=1e-12)
     assert out.record.candidate_ids.shape[0] == 32
 

@@ -1,6 +1,7 @@
 """Backends say why they cannot run (instead of failing at import); ``python -m indexes`` lists them."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,15 @@ def test_the_package_imports_without_faiss() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_faiss_gpu_needs_a_gpu() -> None:
-    assert available_backends()["faiss-gpu"] is not None
+    """Without a GPU the reason names what is missing: GPU support in the faiss build, else a visible GPU;
+    and an index asked for anyway refuses with it."""
+    faiss = pytest.importorskip("faiss")  # without faiss the reason says so (the first test)
+    gpu_build = hasattr(faiss, "StandardGpuResources")
+    no_gpu_build = "faiss build has no GPU support (install a faiss GPU build)"
+    reason = "needs CUDA (no GPU visible)" if gpu_build else no_gpu_build
+    assert available_backends()["faiss-gpu"] == reason
+    with pytest.raises(RuntimeError, match=re.escape(reason)):
+        make_index("faiss-gpu:Flat").reset(2, 8)
 
 
 def test_listing_names_every_backend_and_parameter() -> None:

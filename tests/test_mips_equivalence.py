@@ -1,5 +1,6 @@
-"""SAB-MIPS against brute-force SAB (SPEC §2): exact indexes give the same outputs and gradients, and an
-approximate index forced onto the exact top set does too (it may change only which slots are candidates).
+"""SAB-MIPS against brute-force SAB (docs/algorithm.md, "SAB-MIPS: candidates from an index"): exact indexes
+give the same outputs and gradients, and an approximate index forced onto the exact top set does too (it may
+change only which slots are candidates).
 
 faiss:Flat searches in float32 but re-scores its candidates exactly in the query dtype (``indexes._faiss``),
 so it is tested in float64 as well: on these random inputs its float32 search finds the same top set.
@@ -7,10 +8,10 @@ so it is tested in float64 as well: on these random inputs its float32 search fi
 import pytest
 import torch
 
-from sab_mips import SABConfig, build_model
-from sab_mips.model.reference import sab_forward_reference
+from sab_mips import PassOptions, SABConfig, build_model
 
 from helpers import assert_same, outputs_and_grads
+from reference_models import sab_forward_reference
 
 # N reaches 40 slots per sequence (k_att=1), well above every k_cand below.
 BASE = dict(input_size=3, output_size=4, hidden_size=6, attn_dim=5, k_top=2, k_att=1, k_trunc=4)
@@ -69,10 +70,10 @@ def test_approximate_index_given_the_exact_candidates_equals_reference(retrieval
     model = make(retrieval=retrieval, k_cand=4, preset=preset)
     x = inputs()
     ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp))
-    exact_record = model.run(x, retrieval="exact", record=True).record
-    replayed = outputs_and_grads(model, x, lambda inp: model.run(inp, replay=exact_record.candidate_ids).logits)
+    exact_record = model.run(x, PassOptions(retrieval="exact", record=True)).record
+    replayed = outputs_and_grads(model, x, lambda inp: model.run(inp, PassOptions(replay=exact_record.candidate_ids)).logits)
     assert_same(replayed, ref, 1e-10, relative=True)
-    assert_same(outputs_and_grads(model, x, lambda inp: model.run(inp, retrieval="exact").logits), ref, 1e-10,
+    assert_same(outputs_and_grads(model, x, lambda inp: model.run(inp, PassOptions(retrieval="exact")).logits), ref, 1e-10,
                 relative=True)
 
 
@@ -90,7 +91,7 @@ def test_replayed_candidates_equal_the_reference_with_the_same_candidates(retrie
         assert (record.candidate_ids < 0).any() and (record.candidate_ids >= 0).any()
     ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=record.candidate_ids))
     assert_same(fast, ref, 1e-10, relative=True)
-    replayed = outputs_and_grads(model, x, lambda inp: model.run(inp, replay=record.candidate_ids).logits)
+    replayed = outputs_and_grads(model, x, lambda inp: model.run(inp, PassOptions(replay=record.candidate_ids)).logits)
     assert_same(replayed, fast, 0.0)
 
 
@@ -98,7 +99,7 @@ def test_replay_refuses_a_record_of_another_shape():
     model = make(retrieval="exact", k_cand=4)
     _, record = model(inputs(), return_attention=True)
     with pytest.raises(ValueError, match="replay holds"):
-        model.run(inputs(T=60), replay=record.candidate_ids)
+        model.run(inputs(T=60), options=PassOptions(replay=record.candidate_ids))
 
 
 def test_approximate_index_alone_changes_the_candidates():
@@ -108,6 +109,15 @@ def test_approximate_index_alone_changes_the_candidates():
     approx = outputs_and_grads(model, x, model)
     ref = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp))
     assert not torch.allclose(approx[0], ref[0], atol=1e-6)
+    _, found = model(x, return_attention=True)
+    model.set_retrieval("exact")
+    _, exact = model(x, return_attention=True)
+    # Up to the first step whose candidates differ both passes ran the same steps, so there they searched
+    # with the same query: the slots exact search selects that the index did not return are its misses.
+    first = next(s for s in range(len(exact.steps)) if not torch.equal(found.candidate_ids[s], exact.candidate_ids[s]))
+    missed = [set(exact.slot_ids[first, b].tolist()) - set(found.candidate_ids[first, b].tolist()) - {-1}
+              for b in range(x.shape[0])]
+    assert any(missed), f"step {first}: the index returned every selected slot"
 
 
 def test_candidates_are_recorded_with_width_k_cand():

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from sab_mips import DenseAttentionLSTM, SABConfig, SABLSTM, build_model
-from sab_mips.model.reference import sab_forward_reference
 
 from helpers import outputs_and_grads
+from reference_models import sab_forward_reference
 
 
 def make(cfg_kwargs, dtype=torch.float64, seed=0, model="sab"):
@@ -127,7 +127,8 @@ def test_without_memory_truncation_cuts_all_long_range_gradient():
     model = make(dict(k_top=2, k_att=100, k_trunc=5))  # no slot is ever written before T
     x = torch.randn(2, 20, 3, dtype=torch.float64, requires_grad=True)
     model(x)[:, -1].sum().backward()
-    assert (x.grad[:, :15] == 0).all() and (x.grad[:, 15:] != 0).any()
+    # the last chunk of k_trunc = 5 steps (cut before step 15) reaches the loss, every one of its inputs
+    assert (x.grad[:, :15] == 0).all() and (x.grad[:, 15:].abs().sum(dim=2) > 0).all()
 
 
 def test_record_shapes_and_sparsity():

@@ -4,14 +4,33 @@ import itertools
 import pytest
 import torch
 
-from sab_mips import SABConfig, build_model
-from sab_mips.model.reference import sab_forward_reference
-from sab_mips.ops.sparse_attention import AttentionSpec, SparseAttention
+from sab_mips import PassOptions, SABConfig, build_model
+from sab_mips.ops.sparse_attention import AttentionSpec, attend_backward, attend_forward
 from sab_mips.ops.sparsify import softmax_topk_weights, sparse_attention_weights
 
 from helpers import assert_same, outputs_and_grads
+from reference_models import sab_forward_reference
 
 COMBOS = list(itertools.product(["dot", "cosine"], ["relu", "softmax"]))
+
+
+class SparseAttention(torch.autograd.Function):
+    """``attend_forward`` / ``attend_backward`` on plain tensors: (summary, weights, scores), for ``gradcheck``
+    and the comparison with ``plain``. The model runs the same two functions on its slot buffer
+    (``SlotMemory.attend``). Weights and scores are returned detached."""
+
+    @staticmethod
+    def forward(ctx, slots, query, key_weight, valid, spec: AttentionSpec):
+        summary, weights, scores, saved = attend_forward(slots, query, key_weight, valid, spec)
+        ctx.saved, ctx.spec = saved, spec
+        ctx.mark_non_differentiable(weights, scores)
+        return summary, weights, scores
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_summary, _grad_weights, _grad_scores):
+        g_slots, g_query, g_key_weight, _ = attend_backward(grad_summary, ctx.saved, ctx.spec)
+        return g_slots, g_query, g_key_weight, None, None
 
 
 def plain(slots, query, key_weight, valid, spec):
@@ -87,7 +106,7 @@ def test_model_with_fused_steps_equals_plain_steps_and_the_reference(preset, ret
     x = torch.randn(3, 40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert model.layer.use_fused and "attention='fused'" in repr(model)
     fused = outputs_and_grads(model, x, model, input_grad=True)
-    record = model.run(x, record=True).record
+    record = model.run(x, PassOptions(record=True)).record
     model.layer.use_fused = False
     assert "attention='plain (use_fused=False)'" in repr(model)
     assert_same(fused, outputs_and_grads(model, x, model, input_grad=True), 1e-10, relative=True)
@@ -112,28 +131,28 @@ def test_exploring_model_equals_the_reference_with_its_recorded_candidates(score
                                   retrieval=retrieval), dtype=torch.float64)
     x = torch.randn(3, 40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(5)
-    record = model.run(x, record=True).record
+    record = model.run(x, PassOptions(record=True)).record
     assert record.candidate_ids.shape[2] == 3 + 3 and (record.candidate_ids[-1, :, 3:] >= 0).any()
     replay = record.candidate_ids
-    fused = outputs_and_grads(model, x, lambda inp: model.run(inp, replay=replay).logits, input_grad=True)
+    fused = outputs_and_grads(model, x, lambda inp: model.run(inp, PassOptions(replay=replay)).logits, input_grad=True)
     torch.manual_seed(5)  # the same draws: the recorded pass itself
     assert_same(fused, outputs_and_grads(model, x, model, input_grad=True), 1e-12, relative=True)
     model.layer.use_fused = False
-    assert_same(fused, outputs_and_grads(model, x, lambda inp: model.run(inp, replay=replay).logits, input_grad=True),
+    assert_same(fused, outputs_and_grads(model, x, lambda inp: model.run(inp, PassOptions(replay=replay)).logits, input_grad=True),
                 1e-10, relative=True)
     reference = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=replay),
                                   input_grad=True)
     assert_same(fused, reference, 1e-10, relative=True)
     # evaluation mode never explores: only the searched candidates
     model.eval()
-    assert model.run(x, record=True).record.candidate_ids.shape[2] == 3
+    assert model.run(x, PassOptions(record=True)).record.candidate_ids.shape[2] == 3
 
 
 def test_exploration_candidates_never_repeat_a_slot():
     torch.manual_seed(0)
     model = build_model(SABConfig(preset="paper", sparsifier="softmax", explore=6, input_size=3, output_size=2,
                                   hidden_size=4, k_top=2, k_att=1, k_trunc=4))
-    ids = model.run(torch.randn(8, 12, 3), record=True).record.candidate_ids  # few slots: many repeats drawn
+    ids = model.run(torch.randn(8, 12, 3), PassOptions(record=True)).record.candidate_ids  # few slots: many repeats drawn
     for row in ids.reshape(-1, ids.shape[2]).tolist():
         real = [i for i in row if i >= 0]
         assert len(real) == len(set(real))

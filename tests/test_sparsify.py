@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from sab_mips.ops.sparsify import (relu_normalise, softmax_topk_weights, softmax_topk_weights_reference,
-                                   sparse_attention_weights, sparse_attention_weights_reference)
+from sab_mips.ops.sparsify import relu_sparsify, softmax_topk_weights, sparse_attention_weights
+
+from reference_ops import softmax_topk_weights_reference, sparse_attention_weights_reference
 
 INF = float("inf")
 
@@ -89,10 +90,28 @@ def test_weights_are_shift_invariant_and_so_is_the_gradient():
     torch.testing.assert_close(scores.grad.sum(dim=1), torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-6)
 
 
-def test_gradcheck_relu_normalise_float64():
-    scores = random_scores(B=3, C=6).requires_grad_()
-    threshold = (scores.detach().sort(dim=1, descending=True).values[:, 3:4] - 0.05).requires_grad_()
-    assert torch.autograd.gradcheck(lambda s, d: relu_normalise(s, d, 1e-7), (scores, threshold))
+@pytest.mark.parametrize("padded", [False, True])
+def test_what_the_fused_backward_reuses_is_what_it_claims(padded):
+    """``relu_sparsify``'s mask, sum and δ's column, against the definitions (δ from a full sort): the fused
+    step's backward reads them instead of recomputing."""
+    scores = random_scores(B=4, C=7, seed=5)
+    valid = None
+    if padded:  # 3 real slots (N ≤ K), 5, none, all 7
+        valid = torch.ones(4, 7, dtype=torch.bool)
+        valid[0, 3:], valid[1, 5:], valid[2, :] = False, False, False
+    out = relu_sparsify(scores, 3, 1e-7, valid)
+    for b in range(4):
+        real = scores[b] if valid is None else scores[b][valid[b]]
+        if not len(real):
+            assert not out.active[b].any() and out.total[b] == 0 and (out.weights[b] == 0).all()
+            continue
+        ranked = real.sort(descending=True).values
+        delta = ranked[3] if len(real) > 3 else ranked[-1] - 1.0
+        assert scores[b, out.source[b, 0]] == (delta if len(real) > 3 else ranked[-1])
+        expected_active = scores[b] > delta if valid is None else (scores[b] > delta) & valid[b]
+        assert torch.equal(out.active[b], expected_active) and torch.equal(out.active[b], out.weights[b] > 0)
+        assert out.active[b].sum() == min(3, len(real))
+        torch.testing.assert_close(out.total[b, 0], (real - delta).clamp(min=0).sum(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 3, 6, 8])

@@ -60,9 +60,18 @@ def test_run_directory_files(tmp_path):
     assert saved["model"]["input_size"] == 2 and saved["model"]["output_size"] == 1  # set by the task
     train_line = read_metrics(tmp_path / "metrics.jsonl")[0]
     assert {"split", "step", "loss", "mse", "wall_time", "sec_per_update"} <= set(train_line)
-    assert summary["steps"] == 3 and summary["stopped"] == "steps" and "mse" in summary["eval"]
+    assert summary["steps"] == 3 and summary["stopped"] == "steps"
+    generator_after_the_run = torch.get_rng_state()  # (load_run below draws the fresh model's weights)
     model, task, _, _, state = load_run(tmp_path)
-    assert state["step"] == 3 and "optimizer_state" in state and "rng_state" in state
+    model.eval()
+    # the summary's evaluation is the saved model's, on the run's fixed eval batch
+    x, y = task.make_batch(4, 2, batch_generator(cfg.seed, 0, "eval"))
+    with torch.no_grad():
+        assert summary["eval"]["mse"] == pytest.approx(task.metrics(model(x), y)["mse"], rel=1e-6)
+    # a resume continues from here: Adam's state after 3 updates of every parameter, and the generator
+    assert state["step"] == 3 and len(state["optimizer_state"]["state"]) == len(list(model.parameters()))
+    assert all(int(moments["step"]) == 3 for moments in state["optimizer_state"]["state"].values())
+    assert torch.equal(state["rng_state"], generator_after_the_run)
 
 
 def test_evaluate_at_another_T_uses_the_fixed_eval_batches_of_that_length(tmp_path):
@@ -171,9 +180,17 @@ def test_warm_start_into_amsgrad_starts_the_maximum_at_the_source_moment(tmp_pat
 
 
 def test_every_task_trains_with_the_shared_loop(tmp_path):
+    """One update of each task, logged and evaluated: the summary's metric is the saved model's on the run's
+    eval batch."""
     for name, task in TASKS.items():
         model_cfg, cfg = _cfgs("tbptt", steps=1, task=name, T=task.min_T + 1)
-        assert task.primary in train(model_cfg, cfg, tmp_path / name, progress=False)["eval"]
+        summary = train(model_cfg, cfg, tmp_path / name, progress=False)
+        assert [r["step"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if r["split"] == "train"] == [1]
+        model = load_run(tmp_path / name)[0].eval()
+        x, y = task.make_batch(cfg.T, cfg.batch_size, batch_generator(cfg.seed, 0, "eval"))
+        with torch.no_grad():
+            expected = task.metrics(model(x), y)[task.primary]
+        assert summary["eval"][task.primary] == pytest.approx(expected, rel=1e-6)
 
 
 def test_warm_start_takes_weights_and_adam_state_but_its_own_hyperparameters_and_config(tmp_path):

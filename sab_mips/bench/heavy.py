@@ -9,7 +9,8 @@ index will really hold), runs it at the lengths given by ``--T`` and times one f
   ratios taken within a round (settings are timed in interleaved rounds: this kind of machine is noisy);
 * ``in index``: seconds of that update spent in index search and add;
 * ``recall`` / ``mass``: recall@k_top and attention mass recovered (``sab_mips.retrieval.metrics``) over
-  every ``--audit-every``-th attention step of one extra, untimed forward pass.
+  every ``--audit-every``-th attention step of one extra, untimed forward pass; "–" (None in the JSON)
+  where nothing was audited, e.g. exact retrieval, which is exact by construction.
 
 A setting is worth using where ``x exact`` < 1 *and* recall is acceptable; the smallest such N is the
 crossover.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,11 +31,11 @@ import torch
 
 from ..devices import DEVICE_HELP, resolve_device, synchronize
 from ..errors import UserError
-from ..model import build_model, check_retrieval
+from ..model import PassOptions, build_model, check_retrieval
 from ..tasks import batch_generator
 from ..training import load_run
 from ..training.rundir import CHECKPOINT_FILE
-from .common import prepare, save_rows
+from .common import bench_command, prepare, save_rows
 
 
 class HeavyUpdate:
@@ -51,7 +53,7 @@ class HeavyUpdate:
         synchronize(self.x.device)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model.run(self.x, retrieval=retrieval)
+        out = self.model.run(self.x, PassOptions(retrieval=retrieval))
         self.loss_fn(out.logits, self.y).backward()
         self.optimizer.step()
         synchronize(self.x.device)
@@ -60,10 +62,11 @@ class HeavyUpdate:
 
     @torch.no_grad()
     def audit(self, retrieval: str, every: int) -> dict[str, float]:
-        """Recall@k_top and mass recovered over every ``every``-th attention step (1 for exact retrieval)."""
+        """Recall@k_top and mass recovered over every ``every``-th attention step; None where nothing was
+        audited (exact retrieval is exact by construction and not audited: no value was measured)."""
         self.model.load_state_dict(self.initial)
-        metrics = self.model.run(self.x, retrieval=retrieval, audit_every=every).stats.as_metrics()
-        return {"recall": metrics.get("recall", 1.0), "mass_recovered": metrics.get("mass_recovered", 1.0)}
+        metrics = self.model.run(self.x, PassOptions(retrieval=retrieval, audit_every=every)).stats.as_metrics()
+        return {"recall": metrics.get("recall"), "mass_recovered": metrics.get("mass_recovered")}
 
 
 def build_update(run: Path, T: int, batch_size: int, k_att: int | None,
@@ -106,16 +109,23 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def measured(value: float | None, width: int) -> str:
+    """A measured fraction to 3 decimals, or "–" where none was measured (never a perfect score)."""
+    return f"{'–' if value is None else f'{value:.3f}':>{width}s}"
+
+
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'T':>7s} {'slots':>6s} {'retrieval':50s} {'s/update':>9s} {'x exact':>8s} {'in index':>9s} "
              f"{'recall':>7s} {'mass':>6s}"]
     for r in rows:
         lines.append(f"{r['T']:7d} {r['slots']:6d} {r['retrieval']:50s} {r['sec_per_update']:9.2f} "
-                     f"{r['ratio_to_exact']:8.2f} {r['index_seconds']:9.2f} {r['recall']:7.3f} {r['mass_recovered']:6.3f}")
+                     f"{r['ratio_to_exact']:8.2f} {r['index_seconds']:9.2f} {measured(r['recall'], 7)} "
+                     f"{measured(r['mass_recovered'], 6)}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="sab-mips bench heavy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a trained SAB run directory")
     parser.add_argument("--T", type=int, nargs="+", default=[5000, 15000, 50000], help="task lengths")
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} threads")
     rows = run(args)
     print(format_table(rows))
-    save_rows(args, rows)
+    save_rows(args, rows, bench_command("heavy", argv))
     return 0
 
 

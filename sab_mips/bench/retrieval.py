@@ -2,7 +2,8 @@
 
 Shapes: B=32 queries, S sequences built, N slots per sequence, d=128, k=8.
 
-For each data set (``sab_mips.retrieval.datasets``: gaussian, clustered, memories) and N in ``--sizes``:
+For each data set (``sab_mips.offline_retrieval.datasets``: gaussian, clustered, memories) and N in
+``--sizes``:
 
 * build the indexes over S = min(B, 2^floor(log2(max_keys / N))) sequences (all B=32 at N=10³, fewer
   at large N to bound memory and build time) and ask B queries, query i going to sequence i mod S,
@@ -25,6 +26,7 @@ import argparse
 import math
 import platform
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -32,12 +34,11 @@ import torch
 from indexes import make_index
 
 from ..devices import DEVICE_HELP, resolve_device, synchronize
-from ..io import write_json
 from ..plots import plot_recall_vs_time
-from ..retrieval.datasets import DATASETS, load_memories, make_dataset
+from ..offline_retrieval.datasets import DATASETS, load_memories, make_dataset
 from ..retrieval.metrics import recall_at_k, score_scale
-from ..retrieval.timing import build_key, time_search, timed
-from .common import prepare
+from ..offline_retrieval.timing import build_key, time_search, timed
+from .common import bench_command, prepare, write_record
 
 DEFAULT_INDEXES = [
     "faiss:Flat",
@@ -196,6 +197,7 @@ def calling_pattern(specs: list[str], seed: int, n: int, steps: int = 40, device
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     prepare(None)
     sizes = args.sizes + ([1_000_000] if args.huge and 1_000_000 not in args.sizes else [])
@@ -220,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     fits = exponents(rows)
     for f in fits:
         print(f"candidates ~ N^{f['exponent']:.2f}  {f['dataset']:<9} {f['index']}  (N = {f['sizes']})")
-    result = dict(benchmark="retrieval", argv=argv, sizes=sizes, datasets=datasets, torch=torch.__version__,
-                  threads=torch.get_num_threads(), memories=str(args.memories) if args.memories else None,
+    result = dict(benchmark="retrieval", sizes=sizes, datasets=datasets,
+                  memories=str(args.memories) if args.memories else None,
                   rows=rows, candidate_exponents=fits, calling_pattern=pattern)
     out = args.out
-    write_json(out / "retrieval.json", result)
+    write_record(out / "retrieval.json", bench_command("retrieval", argv), result)
     for dataset in datasets:
         plot_recall_vs_time(rows, dataset, out / f"recall_vs_time_{dataset}.png")
     print(f"wrote {out / 'retrieval.json'} and {len(datasets)} plot(s)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 from ..devices import DEVICE_HELP, resolve_device, synchronize
 from ..model import SABConfig, build_model
 from ..model.config import PRESETS
-from .common import prepare, save_rows
+from .common import bench_command, prepare, save_rows
 
 
 class TrainingStep:
@@ -114,6 +115,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="sab-mips bench step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--T", type=int, nargs="+", default=[100, 1000, 3000], help="sequence lengths")
     parser.add_argument("--models", nargs="+", default=["lstm", "sab"], choices=["lstm", "sab", "tbptt", "dense"],
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.k_trunc, args.attend_every, args.seed, args.preset, device)
     rows = run(steps, args.rounds)
     print(format_table(rows))
-    save_rows(args, rows)
+    save_rows(args, rows, bench_command("step", argv))
     return 0
 
 

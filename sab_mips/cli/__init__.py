@@ -10,6 +10,8 @@ Example:
     $ sab-mips train --task copy --T 20 --model sab --k-top 5 --run-dir runs/copy20 --time-budget 180
     $ sab-mips eval --run runs/copy20 --T 100
     $ sab-mips plot --run runs/copy20
+    $ sab-mips train --task text --data kjv --window 200 --batch-size 8 --model sab --run-dir runs/kjv
+    $ sab-mips generate --run runs/kjv --prompt "In the beginning" --chars 200
     $ sab-mips compare --task copy --T 20 --out reports/copy20 --retrieval exact "alsh:K=6,L=32"
     $ sab-mips tune --backend faiss:HNSW32,exact_below=0 --memories mem.npz --grid efSearch=16,32,64
 """
@@ -21,12 +23,12 @@ from typing import Sequence
 
 from ..bench import BENCHMARKS
 from ..errors import UserError
-from . import bench, compare, evaluate, info, plot, train, tune
+from . import bench, compare, evaluate, generate, info, plot, train, tune
 from .flags import Parser
 
 PROG = "sab-mips"
-SUBCOMMANDS = {"train": train, "eval": evaluate, "plot": plot, "compare": compare, "tune": tune, "info": info,
-               "bench": bench}
+SUBCOMMANDS = {"train": train, "eval": evaluate, "generate": generate, "plot": plot, "compare": compare, "tune": tune,
+               "info": info, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ and recall over training, overlaid).
 Table columns, from each run's metrics.jsonl: final eval metrics, median seconds per update (audits
 excluded, first update dropped as warm-up), median fraction of it spent in the index, mean recall@k_top
 and attention mass recovered over the audited steps, mean gradient cosine (approximate vs exact).
-Exact runs show 1 for recall and cosine: they are exact by construction and not audited.
+Exact runs are not audited: their recall and cosine show "–" (exact by construction, not measured).
 
 With ``--seeds`` every setting is trained once per seed (``OUT/runs/<slug>-seed<s>``) and the report adds
 a summary per setting over the seeds: mean, min and max of the final metric, and its mean and largest
@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
                         f"{format_summary_table(summary, primary)}\n\nRuns:\n\n")
     report = (f"# Retrieval comparison: {title}\n\nShared config (retrieval varies): `{config}`\n\n"
               f"{summary_text}{table}\n\n"
-              f"Time per update excludes the audits; exact runs are not audited (recall and cosine 1 by "
-              f"construction).\n\n![comparison]({figure.name})\n")
+              f"Time per update excludes the audits; exact runs are not audited: their recall and cosine show "
+              f"\"–\" (exact by construction, not measured).\n\n![comparison]({figure.name})\n")
     atomic_write_text(out / "report.md", report)
     atomic_write_text(out / "compare.json", json.dumps({"runs": rows, "summary": summary}, indent=2) + "\n")
     print(table)

@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..devices import resolve_device, set_threads
 from ..errors import UserError
+from ..corpora import SPLITS
+from ..model import SABLSTM
 from ..training import evaluate, load_run
-from ..training.rundir import METRICS_FILE, MetricsLog
+from ..training.rundir import CONFIG_FILE, METRICS_FILE, MetricsLog
+from ..training.stream import evaluate_stream, load_stream_run
 from .flags import add_compute_flags
 
-HELP = "evaluate a trained run (at any T: length transfer)"
-DESCRIPTION = ("Evaluate a run's checkpoint; the result is printed and appended to the run's metrics.jsonl as an "
-               "eval line with \"source\": \"sab-mips eval\".")
+HELP = "evaluate a trained run (at any T: length transfer), through one index or several side by side"
+DESCRIPTION = ("Evaluate a run's checkpoint; each result is printed and appended to the run's metrics.jsonl as an "
+               "eval line with \"source\": \"sab-mips eval\". With several --retrieval strings the same batches "
+               "are evaluated through each, and a table compares them (accuracy, time per step, recall).")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,13 +27,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch_size)")
     parser.add_argument("--seed", type=int, help="seed of the eval stream (default: the run's seed)")
     add_compute_flags(parser)
-    parser.add_argument("--retrieval", metavar="FACTORY_STRING",
+    parser.add_argument("--retrieval", metavar="FACTORY_STRING", nargs="+",
                         help="SAB: search with this index instead of the trained one, e.g. exact or "
-                             "faiss:HNSW32,efSearch=128 (indexes are rebuilt per pass: any parameter may change)")
+                             "faiss:HNSW32,efSearch=128 (indexes are rebuilt per pass: any parameter may change); "
+                             "several: one evaluation through each, and a table of them")
     parser.add_argument("--audit-every", type=int, default=0, metavar="N",
                         help="SAB: compare every N-th attention step with exact search and report recall@k_top and "
                              "the attention mass recovered, and the same over every step the task's metric reads "
                              "(scored_recall, scored_mass_recovered) (0: no audit)")
+    parser.add_argument("--split", choices=SPLITS, help="text runs: the split to stream (default valid)")
+    parser.add_argument("--memory-slots", type=int, metavar="N",
+                        help="text runs, SAB: cap the memory at N slots per stream (default: the run's; 0: the "
+                             "whole split), e.g. a larger memory than training used")
     parser.add_argument("--chunk", type=int,
                         help="SAB and dense: time steps fed to the model at once (memory holds the slots, not T; "
                              "default 1000)")
@@ -36,13 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    if saved_task(args.run) == "text":
+        return run_text(args)
+    for name in ("split", "memory_slots"):
+        if getattr(args, name) is not None:
+            raise UserError(f"--{name.replace('_', '-')} applies to runs of task 'text' only")
     model, task, model_cfg, train_cfg, state = load_run(args.run)
-    retrieval: dict[str, str] = {}
-    if args.retrieval is not None:
-        if model_cfg.model != "sab":
-            raise UserError(f"--retrieval applies to model 'sab' only; this run is model '{model_cfg.model}'")
-        model.set_retrieval(args.retrieval)
-        retrieval = {"retrieval": args.retrieval}
+    if args.retrieval is not None and model_cfg.model != "sab":
+        raise UserError(f"--retrieval applies to model 'sab' only; this run is model '{model_cfg.model}'")
     T = args.T if args.T is not None else (train_cfg.eval_T or train_cfg.T)
     batches = args.batches if args.batches is not None else train_cfg.eval_batches
     batch_size = args.batch_size if args.batch_size is not None else train_cfg.batch_size
@@ -59,16 +70,86 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{name} must be >= 1, got {value}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
+    for retrieval in args.retrieval or []:  # every string checked before the first (possibly long) evaluation
+        model.set_retrieval(retrieval)
     model.to(resolve_device(args.device))
-    metrics = evaluate(model, task, T, batches, seed, batch_size, audit_every=args.audit_every, timed=True,
-                       chunk=chunk)
-    with MetricsLog(Path(args.run) / METRICS_FILE) as log:
-        log.write({"split": "eval", "step": int(state["step"]), "T": T, **metrics, "source": "sab-mips eval",
-                   "seed": seed, "batches": batches, "batch_size": batch_size, **retrieval})
-    shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-    searched = f" retrieval={args.retrieval}" if args.retrieval is not None else ""
-    print(f"eval {args.run} step={state['step']} task={task.name} T={T} (trained at T={train_cfg.T}){searched}: {shown}")
-    reason = model.audit_skip_reason() if args.audit_every else None
-    if reason:
-        print(f"audit {reason}")
+    rows = []
+    for retrieval in args.retrieval or [None]:
+        if retrieval is not None:
+            model.set_retrieval(retrieval)
+        metrics = evaluate(model, task, T, batches, seed, batch_size, audit_every=args.audit_every, timed=True,
+                           chunk=chunk)
+        searched = {} if retrieval is None else {"retrieval": retrieval}
+        with MetricsLog(Path(args.run) / METRICS_FILE) as log:
+            log.write({"split": "eval", "step": int(state["step"]), "T": T, **metrics, "source": "sab-mips eval",
+                       "seed": seed, "batches": batches, "batch_size": batch_size, **searched})
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        named = f" retrieval={retrieval}" if retrieval is not None else ""
+        print(f"eval {args.run} step={state['step']} task={task.name} T={T} (trained at T={train_cfg.T}){named}: {shown}",
+              flush=True)
+        reason = model.audit_skip_reason() if args.audit_every else None
+        if reason:
+            print(f"audit {reason}")
+        rows.append((retrieval or model_cfg.retrieval, metrics))
+    if len(rows) > 1:
+        print(comparison_table(rows, task.primary, f"T={T}, {batches * batch_size} sequences:"))
     return 0
+
+
+def run_text(args: argparse.Namespace) -> int:
+    """``eval`` of a text run: bits per character of a whole split streamed through the model and its memory."""
+    for name in ("T", "batches", "chunk", "seed"):
+        if getattr(args, name) is not None:
+            raise UserError(f"--{name.replace('_', '-')} does not apply to a text run (it streams a whole split)")
+    model, corpus, train_cfg, state = load_stream_run(args.run)
+    split = args.split or "valid"
+    batch = args.batch_size if args.batch_size is not None else train_cfg.batch_size
+    memory_slots = args.memory_slots if args.memory_slots is not None else train_cfg.memory_slots
+    if batch < 1 or memory_slots < 0 or args.audit_every < 0:
+        raise UserError(f"need --batch-size >= 1, --memory-slots >= 0 and --audit-every >= 0; got {batch}, "
+                        f"{memory_slots} and {args.audit_every}")
+    if (args.retrieval or args.audit_every or args.memory_slots is not None) and not isinstance(model, SABLSTM):
+        raise UserError("--retrieval, --audit-every and --memory-slots apply to model 'sab' only")
+    model.to(resolve_device(args.device))
+    rows = []
+    for retrieval in args.retrieval or [None]:
+        if retrieval is not None:
+            model.set_retrieval(retrieval)
+        metrics = evaluate_stream(model, train_cfg, corpus.splits[split], batch, memory_slots=memory_slots,
+                                  audit_every=args.audit_every)
+        searched = {} if retrieval is None else {"retrieval": retrieval}
+        with MetricsLog(Path(args.run) / METRICS_FILE) as log:
+            log.write({"split": "eval", "step": int(state["step"]), "data": split, **metrics,
+                       "source": "sab-mips eval", "batch_size": batch, "memory_cap": memory_slots, **searched})
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        print(f"eval {args.run} step={state['step']} {split} of {train_cfg.data}"
+              f"{f' retrieval={retrieval}' if retrieval else ''}: {shown}", flush=True)
+        rows.append((retrieval or model.config.retrieval, metrics))
+    if len(rows) > 1:
+        print(comparison_table(rows, "bpc", f"{split} of {train_cfg.data}, {batch} streams:"))
+    return 0
+
+
+def saved_task(run_dir: str) -> str | None:
+    """The task of the run in ``run_dir`` from its config.json (None when it has none: ``load_run`` says why)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text()).get("train", {}).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def comparison_table(rows: list[tuple[str, dict[str, float]]], primary: str, heading: str) -> str:
+    """The evaluations of one run through several indexes, one row each; "–" where a value was not measured
+    (recall: exact search, or no --audit-every)."""
+    def cell(metrics: dict[str, float], name: str, fmt: str) -> str:
+        width = int(fmt.split(".")[0])
+        return format(metrics[name], fmt) if name in metrics else "–".rjust(width)
+
+    width = max(len("retrieval"), *(len(r) for r, _ in rows))
+    lines = [heading,
+             f"{'retrieval':<{width}}  {primary:>9}  {'ms/step':>8}  {'recall':>7}  {'scored recall':>13}"]
+    for retrieval, m in rows:
+        lines.append(f"{retrieval:<{width}}  {cell(m, primary, '9.4f')}  {cell(m, 'ms_per_step', '8.3f')}  "
+                     f"{cell(m, 'recall', '7.4f')}  {cell(m, 'scored_recall', '13.4f')}")
+    return "\n".join(lines)

@@ -19,11 +19,12 @@ from ..model import MODEL_FIELDS, SCORERS, SABConfig
 from ..model.config import PRESETS, saved_fields
 from ..tasks import TASKS, get_task
 from ..training import TrainConfig
+from ..training.config import TEXT_FIELDS
 from ..training.rundir import CONFIG_FILE
 
 TASK_SIZED = ("input_size", "output_size")  # SABConfig fields set by the task, not by flags
 ALWAYS_USED = ("model", "hidden_size", *TASK_SIZED)  # SABConfig fields every model reads
-CHOICES = {"model": tuple(MODEL_FIELDS), "scorer": SCORERS, "task": tuple(TASKS), "preset": tuple(PRESETS)}
+CHOICES = {"model": tuple(MODEL_FIELDS), "scorer": SCORERS, "task": (*TASKS, "text"), "preset": tuple(PRESETS)}
 
 
 class Parser(argparse.ArgumentParser):
@@ -112,18 +113,39 @@ def check_model_options(model_cfg: SABConfig, explicit: dict[str, Any], from_fil
 
 # TrainConfig fields that only SAB reads: the memory-bounded engine and the audits of its retrieval.
 SAB_ONLY_TRAIN_FIELDS = ("engine", "engine_chunk", "audit_every", "grad_cosine_every")
+TEXT_ONLY_TRAIN_FIELDS = TEXT_FIELDS  # TrainConfig fields of the text task
+SAB_TEXT_FIELDS = ("memory", "memory_slots", "refresh_every", "refresh_below")  # of the text task's SAB memory
+# TrainConfig fields the text task does not read: lengths of generated sequences, their eval batches, the
+# engine (a window is short), the exact-gradient audit and warm starts (not implemented for streams)
+SYNTHETIC_ONLY_TRAIN_FIELDS = ("T", "T_min", "T_draw", "eval_T", "eval_batches", "engine", "engine_chunk",
+                               "grad_cosine_every", "init_from")
 
 
-def check_train_options(model_cfg: SABConfig, explicit: dict[str, Any], from_file: dict[str, Any], source: str) -> None:
-    """Refuse a training option that only SAB reads, for another model (explicit flags, or non-default file values)."""
-    if model_cfg.model == "sab":
-        return
+def check_train_options(model_cfg: SABConfig, train_cfg: TrainConfig, explicit: dict[str, Any],
+                        from_file: dict[str, Any], source: str) -> None:
+    """Refuse a training option the run would not read (explicit flags, or non-default file values): one that
+    only SAB reads, for another model; one of the text task, for another task; one of the synthetic tasks
+    (or of the engine), for the text task."""
     defaults = TrainConfig()
-    for name in SAB_ONLY_TRAIN_FIELDS:
-        if name in explicit or (name in from_file and from_file[name] != getattr(defaults, name)):
-            where = flag(name) if name in explicit else f"{name}={from_file[name]!r} in {source}"
-            raise UserError(f"{where} has no effect on model '{model_cfg.model}' (only model 'sab' has an engine "
-                            f"and retrieval audits)")
+
+    def given(name: str) -> str | None:
+        if name in explicit:
+            return flag(name)
+        if name in from_file and from_file[name] != getattr(defaults, name):
+            return f"{name}={from_file[name]!r} in {source}"
+        return None
+
+    text, sab = train_cfg.task == "text", model_cfg.model == "sab"
+    rules = ((TEXT_ONLY_TRAIN_FIELDS, not text, f"task '{train_cfg.task}' (only the text task reads it)"),
+             (SYNTHETIC_ONLY_TRAIN_FIELDS, text, "task 'text' (only the synthetic tasks read it)"),
+             (SAB_ONLY_TRAIN_FIELDS, not sab, f"model '{model_cfg.model}' (only model 'sab' has an engine and "
+                                              f"retrieval audits)"),
+             (SAB_TEXT_FIELDS, text and not sab, f"model '{model_cfg.model}' (only model 'sab' has a memory)"))
+    for names, applies, what in rules:
+        for name in names if applies else ():
+            where = given(name)
+            if where is not None:
+                raise UserError(f"{where} has no effect on {what}")
 
 
 def merge_configs(explicit_model: dict[str, Any], explicit_train: dict[str, Any], config_file: str | None = None,
@@ -147,16 +169,17 @@ def merge_configs(explicit_model: dict[str, Any], explicit_train: dict[str, Any]
     train_values.update(explicit_train)
 
     train_cfg = TrainConfig.from_dict(train_values)
-    task = get_task(train_cfg.task)
-    for name, size in (("input_size", task.input_size), ("output_size", task.output_size)):
-        if model_values.get(name, size) != size:
-            raise UserError(f"{name}={model_values[name]} does not match task '{task.name}' ({size}); "
-                            f"it is set by the task, leave it out")
-        model_values[name] = size
+    if train_cfg.task != "text":  # the text task sizes the model from its corpus's vocabulary (``stream``)
+        task = get_task(train_cfg.task)
+        for name, size in (("input_size", task.input_size), ("output_size", task.output_size)):
+            if model_values.get(name, size) != size:
+                raise UserError(f"{name}={model_values[name]} does not match task '{task.name}' ({size}); "
+                                f"it is set by the task, leave it out")
+            model_values[name] = size
     file_model = {k: v for k, v in file_model.items() if k not in TASK_SIZED}
     model_cfg = SABConfig.from_dict(model_values)
     check_model_options(model_cfg, explicit_model, file_model, f"--config {config_file}")
-    check_train_options(model_cfg, explicit_train, file_train, f"--config {config_file}")
+    check_train_options(model_cfg, train_cfg, explicit_train, file_train, f"--config {config_file}")
     return model_cfg, train_cfg
 
 

@@ -34,7 +34,7 @@ def _faiss_gpus() -> str:
     except ImportError:
         return "faiss not installed"
     if not hasattr(faiss, "get_num_gpus"):
-        return "CPU build of faiss (GPU indexes: pip install -e '.[gpu]', see the README's GPU section)"
+        return "CPU build of faiss (GPU indexes: pip install -e '.[gpu]', see docs/gpu-and-distributed.md)"
     return f"{faiss.get_num_gpus()} GPU(s) visible to faiss"
 
 

@@ -7,8 +7,9 @@ sequences of N slots sampled from ``--memories`` (an .npz written by ``sab-mips 
 with the recorded queries, and measured by recall@k_top against exact search (the approximate top-K being
 the K best of its k_cand candidates by exact score, as in the model; a slot tied with the exact K-th score
 counts, as in the model's audits: ``sab_mips.retrieval.metrics``) and by search time per query. Settings
-that differ only in search-time parameters share one build (``sab_mips.retrieval.tuning``). Printed: every setting, the recall-versus-time
-Pareto frontier and the cheapest setting with recall >= ``--target-recall``; written: tune.json, tune.png.
+that differ only in search-time parameters share one build (``sab_mips.offline_retrieval.tuning``).
+Printed: every setting, the recall-versus-time Pareto frontier and the cheapest setting with recall >=
+``--target-recall``; written: tune.json, tune.png.
 
 Optionally (``--live-config FILE --live-steps N``) every setting also trains a short SAB run with the
 shared loop (config as for ``train --config``; retrieval and k_cand set by the grid; every attention step
@@ -33,7 +34,7 @@ from ..devices import DEVICE_HELP
 from ..errors import UserError
 from ..io import read_json, write_json
 from ..plots import plot_tuning
-from ..retrieval.tuning import measure, pareto, recommend, settings
+from ..offline_retrieval.tuning import measure, pareto, recommend, settings
 from ..training import train
 from ..training.rundir import CHECKPOINT_FILE, METRICS_FILE, read_metrics
 from ..training.summary import slug
@@ -107,13 +108,14 @@ def live_runs(points: list[tuple[str, int]], rows: list[dict[str, Any]], config:
         train(model_cfg, train_cfg, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file(), progress=False, device=device)
         lines = [r for r in read_metrics(run_dir / METRICS_FILE) if r.get("split") == "train"]
         recalls = [r["recall"] for r in lines if "recall" in r]
-        row["live_recall"] = statistics.fmean(recalls) if recalls else 1.0
+        # None where nothing was audited (an exact index is not): a missing recall is not a perfect one
+        row["live_recall"] = statistics.fmean(recalls) if recalls else None
         row["live_sec_per_update"] = statistics.median(r["sec_per_update"] for r in lines)
 
 
 def _row(r: dict[str, Any]) -> str:
-    live = (f" | live: recall={r['live_recall']:.3f} {r['live_sec_per_update']:.3f} s/update"
-            if "live_recall" in r else "")
+    recall = "–" if r.get("live_recall") is None else f"{r['live_recall']:.3f}"
+    live = f" | live: recall={recall} {r['live_sec_per_update']:.3f} s/update" if "live_sec_per_update" in r else ""
     return (f"{r['retrieval']:<52} k_cand={r['k_cand']:<4} recall={r['recall']:.3f} "
             f"{r['ms_per_query']:.4f} ms/query ({r['time_vs_exact']:.2f}x exact's time) build {r['build_s']:.2f}s{live}")
 

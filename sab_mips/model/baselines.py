@@ -42,15 +42,21 @@ class LSTMBaseline(nn.Module):
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Per-step logits (B, T, O); with ``return_attention`` the record is None (no attention)."""
         check_input(self, x, self.config.input_size)
+        logits, _ = self.stream(x)
+        return (logits, None) if return_attention else logits
+
+    def stream(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Logits (B, T, O) of inputs x (B, T, I) continuing ``state`` = (h, c), each (1, B, H) (None: zeros),
+        and the state after the last step (in the graph: detach it between windows of a stream)."""
+        check_input(self, x, self.config.input_size)
         if not self.truncate:
-            out, _ = self.lstm(x)
+            out, state = self.lstm(x, state)
         else:
-            chunks, state = [], None
+            chunks = []
             for chunk in x.split(self.config.k_trunc, dim=1):
                 if state is not None:
                     state = (state[0].detach(), state[1].detach())  # the truncation boundary
                 out, state = self.lstm(chunk, state)
                 chunks.append(out)
             out = torch.cat(chunks, dim=1)
-        logits = self.head(out)
-        return (logits, None) if return_attention else logits
+        return self.head(out), state

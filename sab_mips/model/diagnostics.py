@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.sparsify import relu_sparsify
+
 
 class AttentionDiagnostics:
     """Collects one pass's attention steps and written slots; ``as_metrics`` turns them into the three
@@ -51,13 +53,13 @@ class AttentionDiagnostics:
             return out
         ids, scores, weights = torch.stack(self.ids), torch.stack(self.scores), torch.stack(self.weights)  # (S, B, C)
         valid = ids >= 0
-        if scores.shape[2] > self.k_top:
-            masked = scores.masked_fill(~valid, float("-inf"))
-            delta = masked.topk(self.k_top + 1, dim=2).values[..., self.k_top :]  # (S, B, 1)
-            usable = torch.isfinite(delta).squeeze(2)  # more than K slots to choose from
-            gaps = (torch.relu(masked - delta.masked_fill(~torch.isfinite(delta), 0.0)) * valid).sum(dim=2)
-            if bool(usable.any()):
-                out["min_gap_sum"] = float(gaps[usable].min())
+        # S of every (step, sequence) from the sparsifier itself; ε enters only its weights, which are not read
+        flat_valid = valid.reshape(-1, valid.shape[2])
+        flat_scores = scores.reshape(flat_valid.shape).masked_fill(~flat_valid, 0.0)
+        gaps = relu_sparsify(flat_scores, self.k_top, 1.0, flat_valid).total.squeeze(1)
+        usable = flat_valid.sum(dim=1) > self.k_top  # more than K slots to choose from: δ is a slot's score
+        if bool(usable.any()):
+            out["min_gap_sum"] = float(gaps[usable].min())
         steps = torch.tensor(self.steps, device=ids.device).view(-1, 1, 1)
         written = (ids + 1) * self.k_att - 1  # slot j is written after step (j + 1)·k_att − 1
         old = valid & (steps - written > self.k_trunc)

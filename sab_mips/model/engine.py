@@ -24,22 +24,26 @@ Shapes: B batch, T steps, O outputs, N slots, S attention steps, C candidates pe
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
+
+from .options import PassOptions
 
 # chunk_loss(logits of steps [a, b), y, a, T) -> that chunk's share of the loss
 ChunkLoss = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
 
 def forward_backward(model, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                     chunk: int = 1000, chunk_loss: ChunkLoss | None = None, **options):
+                     chunk: int = 1000, chunk_loss: ChunkLoss | None = None, options: PassOptions | None = None):
     """``model.forward_backward``: the loss of ``loss_fn(model(x), y)``, its gradient accumulated into the
     parameters' ``.grad`` (and into ``x.grad`` when x requires it), and the pass's ``SABOutput``.
 
     chunk: steps re-run at once in the backward sweep (rounded to a multiple of ``k_trunc``): the memory
-        of one chunk's graph against the Python overhead of many small ones. ``options`` are those of
-        ``SABLayer.initial_state`` (retrieval, replay, record, audit_every, diagnostics).
+        of one chunk's graph against the Python overhead of many small ones.
+    options: what the forward pass measures or replays (``PassOptions``; its candidates are always kept,
+        for the sweep to replay them).
     chunk_loss: ``chunk_loss(logits[:, a:b], y, a, T)``, the share of ``loss_fn(logits, y)`` that steps
         [a, b) contribute (the shares of consecutive chunks sum to the loss; e.g. ``Task.chunk_loss``).
         With it, each chunk's share and its gradient are taken in the backward sweep, from the logits
@@ -50,13 +54,14 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[
     if not layer.retrieves:
         raise ValueError(f"{type(model).__name__} keeps full gradients through time (no truncation): the "
                          f"memory-bounded engine does not apply")
-    if options.get("collect_queries"):
+    options = options or PassOptions()
+    if options.collect_queries:
         raise ValueError("forward_backward does not collect queries; use run() for that")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     chunk = -(-chunk // cfg.k_trunc) * cfg.k_trunc  # chunks start on the truncation grid
     B, T, _ = x.shape
-    state = layer.initial_state(B, device=x.device, dtype=x.dtype, steps=T, keep_candidates=True, **options)
+    state = layer.initial_state(B, replace(options, keep_candidates=True), device=x.device, dtype=x.dtype, steps=T)
     starts = []  # (first step, h, c, slots written, attention steps done) at the start of each chunk
     logits = None
     with torch.no_grad():
@@ -74,11 +79,11 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[
             (grad_logits,) = torch.autograd.grad(loss, leaf)
     else:
         loss, grad_logits = logits.new_zeros(()), None
-    candidates = state.take_candidates()  # (S, B, C)
+    candidates = state.recorder.take_candidates()  # (S, B, C)
     ends = [s[4] for s in starts[1:]] + [state.attention_steps]
     for (a, h, c, slots_before, first_step), last_step in zip(reversed(starts), reversed(ends)):
         replay = candidates[first_step:last_step] if candidates is not None else None
-        chunk_state = layer.initial_state(B, device=x.device, dtype=x.dtype, replay=replay)
+        chunk_state = layer.initial_state(B, PassOptions(replay=replay), device=x.device, dtype=x.dtype)
         chunk_state.memory = state.memory.rewound(slots_before)
         chunk_state.h, chunk_state.c, chunk_state.t = h, c, a
         with torch.enable_grad():
@@ -97,4 +102,4 @@ def forward_backward(model, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[
                 grads.append(torch.zeros_like(token))
             if roots:
                 torch.autograd.backward(roots, grads)
-    return model.output(logits, state, options, loss=loss.detach())
+    return model.output(logits, state, loss=loss.detach())

@@ -23,15 +23,17 @@ Retrieval with a MIPS-servable scorer (``dot``, ``cosine``; SAB-MIPS) goes throu
 and is searched with the query (dot: q = W_q ĥ / sqrt(d_k)): scanning d_k < H numbers per slot is what a
 search costs once N is large. The candidates are re-scored exactly from the slots m_i themselves, which is
 where the gradient goes. The weights depend only on the top K+1 scores, so with an exact index scoring
-C >= K+1 candidates in the graph gives exactly the outputs and gradients of scoring every slot — which
-``reference.sab_forward_reference`` does. An approximate index changes only which slots are candidates. The
-other scorers select by a no-grad scan of all slots, then re-score the candidates the same way.
+C >= K+1 candidates in the graph gives exactly the outputs and gradients of scoring every slot — which the
+slow twin ``sab_forward_reference`` (tests/reference_models.py) does. An approximate index changes only which
+slots are candidates. The other scorers select by a no-grad scan of all slots, then re-score the candidates
+the same way.
 
-What a pass measures or replays is fixed when its state is made (``initial_state``): ``retrieval=`` searches
-with another index, ``replay=`` re-uses recorded candidate ids instead of searching (the slow twin of any
-index, and what the memory-bounded engine needs), ``audit_every`` compares every n-th attention step with
-exact search and ``audit_from`` every step from a time step on (the steps a metric reads), ``record``,
-``collect_queries`` and ``diagnostics`` keep what they say.
+What a pass measures or replays is fixed when its state is made (``initial_state(B, PassOptions(...))``,
+``options``): ``retrieval`` searches with another index, ``replay`` re-uses recorded candidate ids instead of
+searching (the slow twin of any index, and what the memory-bounded engine needs), ``audit_every`` compares
+every n-th attention step with exact search and ``audit_from`` every step from a time step on (the steps a
+metric reads), ``record``, ``collect_queries`` and ``diagnostics`` keep what they say; the state's
+``recorder`` holds it all (``recorder``).
 
 Shapes: B batch, T time steps, I input size, H hidden size, N memory slots, C candidates per attention step
 (``k_cand``, default K + 1), K = k_top.
@@ -45,12 +47,15 @@ from torch import nn
 
 from indexes import make_index
 
+from ..ops.memory import SlotMemory
 from ..ops.sparse_attention import AttentionSpec
 from ..ops.sparsify import softmax_topk_weights, sparse_attention_weights
 from .config import SABConfig, check_retrieval
 from .inputs import check_input
 from .lstm_init import init_gate_biases
 from .scorers import make_scorer
+from .options import PassOptions
+from .recorder import PassRecorder
 from .state import SABState
 
 
@@ -150,40 +155,33 @@ class SABLayer(nn.Module):
         init_gate_biases(self.cell.bias_ih, self.cell.bias_hh, self.config.forget_bias, self.config.chrono)
 
     # ---- state and forward ------------------------------------------------------------------------
-    def initial_state(self, batch_size: int, *, device=None, dtype=None, retrieval: str | None = None,
-                      replay: torch.Tensor | None = None, record: bool = False, audit_every: int = 0,
-                      collect_queries: bool = False, diagnostics: bool = False, keep_candidates: bool = False,
-                      steps: int | None = None, audit_from: int | None = None) -> SABState:
+    def initial_state(self, batch_size: int, options: PassOptions | None = None, *, device=None, dtype=None,
+                      steps: int | None = None) -> SABState:
         """A fresh state for ``batch_size`` sequences: nothing done yet, an empty memory.
 
         Args:
-            retrieval: index factory string for this state (default: ``self.retrieval``).
-            replay: (S, B, C) candidate ids recorded by an earlier pass (``AttentionRecord.candidate_ids``);
-                used instead of searching, so the pass re-computes exactly what those candidates give.
-            record: keep the attention record (``state.attention_record()``).
-            audit_every: compare every n-th attention step with exact search (0: never; skipped when the
-                candidates are exact by construction, see ``audit_skip_reason``).
-            collect_queries: keep the search query of every attention step.
-            diagnostics: keep gap sums, slot norms and long-range attention (``state.diagnostics``).
-            keep_candidates: keep every attention step's candidate ids on the device (for replay).
+            options: what the pass measures, records or replays (``PassOptions``; None: nothing).
             steps: the sequence length if known: the slot buffer is then allocated once.
-            audit_from: also audit every attention step at time step >= ``audit_from`` (e.g. the steps a task's
-                metric reads), into the separate ``scored_*`` sums of ``state.stats`` (None: none).
         """
-        audits = audit_every or audit_from is not None
-        if not self.retrieves and (retrieval is not None or replay is not None or audits):
+        options = options or PassOptions()
+        if not self.retrieves and (options.retrieval is not None or options.replay is not None or options.audits):
             raise ValueError(f"{type(self).__name__} reads every slot: retrieval, replay and audits do not apply")
-        if audit_every < 0 or (audit_from is not None and audit_from < 0):
-            raise ValueError(f"audit_every and audit_from must be >= 0, got {audit_every} and {audit_from}")
-        if retrieval is not None:
-            check_retrieval(retrieval, self.config.scorer)
-        weight = self.cell.weight_ih
-        capacity = max(1, steps // self.config.k_att) if steps else 16
-        return SABState(self, batch_size, weight.device if device is None else device,
-                        weight.dtype if dtype is None else dtype, retrieval=retrieval or self.retrieval,
-                        replay=replay, record=record, audit_every=audit_every, collect_queries=collect_queries,
-                        diagnostics=diagnostics, keep_candidates=keep_candidates, capacity=capacity,
-                        audit_from=audit_from)
+        if options.retrieval is not None:
+            check_retrieval(options.retrieval, self.config.scorer)
+        cfg, weight = self.config, self.cell.weight_ih
+        retrieval = options.retrieval or self.retrieval
+        capacity = max(1, steps // cfg.k_att) if steps else 16
+        memory = SlotMemory(batch_size, cfg.hidden_size, device=weight.device if device is None else device,
+                            dtype=weight.dtype if dtype is None else dtype, capacity=capacity)
+        index = None
+        searches = self.scorer.supports_mips and self.retrieves and options.replay is None  # a replay needs no search
+        if searches:
+            index = make_index(retrieval)
+            index.reset(batch_size, cfg.attn_dim)  # keys, e.g. W_k m_i (d_k <= H: less to scan per search)
+        recorder = PassRecorder(options, audit_skip_reason=self.audit_skip_reason(retrieval),
+                                searches=searches, batch_size=batch_size, key_size=cfg.attn_dim, k_top=cfg.k_top,
+                                k_att=cfg.k_att, k_trunc=cfg.k_trunc)
+        return SABState(memory, index, recorder)
 
     def forward(self, x: torch.Tensor, state: SABState | None = None) -> tuple[torch.Tensor, SABState]:
         """Per-step features (B, T, 2H) = [h_t ; s_t] for inputs x (B, T, I), continuing ``state`` (None: a
@@ -193,10 +191,14 @@ class SABLayer(nn.Module):
         B, T, _ = x.shape
         if state is None:
             state = self.initial_state(B, device=x.device, dtype=x.dtype, steps=T)
-        state.projection = self.scorer.projection() if self.scorer.supports_mips else None
-        if self.caches_keys:
-            state.memory.cache_keys(state.projection.key_weight)  # ``ops.memory``: keys projected once per slot
-        state.explore = cfg.explore if self.training and self.retrieves else 0
+        # The scorer's projections, taken once per call (parameters change between calls on one state).
+        projection = self.scorer.projection() if self.scorer.supports_mips else None
+        # ``ops.memory``: keys projected once per slot. Not for reads in the graph of a detached memory (a
+        # stream's later windows), which project their candidates: re-making every slot's key after each
+        # update would cost O(N) per window for nothing.
+        if self.caches_keys and (state.memory.writes_take_key_grads or not torch.is_grad_enabled()):
+            state.memory.cache_keys(projection.key_weight)
+        explore = cfg.explore if self.training and self.retrieves else 0  # exploration candidates per step
         stores_h_hat, to_state = cfg.slot_value == "h_hat", cfg.summary_to_state
         # The input half of every step's gates in one matmul, outside the time loop.
         cell = self.cell
@@ -217,12 +219,12 @@ class SABLayer(nn.Module):
             h_hat, c = _lstm_step(input_gates[i], h, c, recurrent_weight)
             h, s = h_hat, no_summary
             if t % cfg.attend_every == 0 and state.memory.size > 0:
-                s = self._attend(h_hat, state, t)
+                s = self._attend(h_hat, state, t, projection, explore)
                 h = h_hat + s if to_state else h_hat
             hs.append(h)
             ss.append(s)
             if (t + 1) % cfg.k_att == 0:
-                state.write(h_hat if stores_h_hat else h, t)
+                state.write(h_hat if stores_h_hat else h, t, projection.key if projection is not None else None)
         state.h, state.c, state.t = h, c, state.t + T
         # one stack of h_0, s_0, h_1, s_1, ... viewed as (B, T, 2H) = [h_t ; s_t]: one copy instead of three
         features = torch.stack([v for pair in zip(hs, ss) for v in pair], dim=1).view(B, T, 2 * cfg.hidden_size)
@@ -232,25 +234,30 @@ class SABLayer(nn.Module):
         """Whether the chain (h, c) is cut before step t."""
         return t % self.config.k_trunc == 0
 
-    def _attend(self, h_hat: torch.Tensor, state: SABState, t: int) -> torch.Tensor:
-        """Sparse summary s_t (B, H) of the memory for provisional states ĥ_t (B, H)."""
+    def _attend(self, h_hat: torch.Tensor, state: SABState, t: int, projection, explore: int) -> torch.Tensor:
+        """Sparse summary s_t (B, H) of the memory for provisional states ĥ_t (B, H); ``projection`` the
+        scorer's projections of this call (None: a scorer no index serves), ``explore`` the exploration
+        candidates per step."""
         k, eps = self.config.k_top, self.config.eps
-        count, explore = self.config.candidates, state.explore
-        step, sampled, scored = state.next_attention_step(t)
-        ids, query = self._retrieve(h_hat, state, count, step)  # ids (B, C), or (B, C + R) when exploring
+        count, recorder = self.config.candidates, state.recorder
+        step = state.attention_steps
+        state.attention_steps += 1
+        sampled, scored = recorder.audits_at(step, t)
+        # ids (B, C), or (B, C + R) when exploring
+        ids, query = self._retrieve(h_hat, state, count, step, projection, explore)
         # No padding among the candidates (an exact search over at least C slots never pads; other searches
         # are checked): skip the masks. Every backend then takes the same path, so equal candidates give
         # bit-identical results.
-        exact_search = state.replay is None and (state.index is None or state.index.exact) and not explore
+        exact_search = recorder.replay is None and (state.index is None or state.index.exact) and not explore
         # (state.index is None here means a scorer that scans every slot: an exact search too)
         full = state.memory.size >= count and (exact_search or bool((ids >= 0).all()))
         spec = self.exploring_spec if explore else self.attention_spec
         if query is not None and self.use_fused:
-            query_in, key_weight = state.projection.fused_inputs(query)
+            query_in, key_weight = projection.fused_inputs(query)
             summary, weights, scores = state.memory.attend(ids, query_in, key_weight, None if full else ids >= 0, spec)
         else:
             slots = state.memory.read(ids)  # (B, C, H), in the graph
-            scores = self._score(h_hat, state, query, slots)  # (B, C), in the graph
+            scores = self._score(h_hat, projection, query, slots)  # (B, C), in the graph
             if self.config.sparsifier == "softmax":
                 weights = softmax_topk_weights(scores, k, valid=None if full else ids >= 0, explore=explore,
                                                all_valid=full)
@@ -259,24 +266,26 @@ class SABLayer(nn.Module):
             else:
                 weights = sparse_attention_weights(scores, k, eps, valid=ids >= 0)
             summary = (weights.unsqueeze(2) * slots).sum(dim=1)  # s_t; cheaper than bmm for C = K+1 rows
-        if state.diagnostics is not None:
-            state.diagnostics.attention(t, ids, scores, weights)
+        if recorder.diagnostics is not None:
+            recorder.diagnostics.attention(t, ids, scores, weights)
         if sampled or scored:  # the searched candidates only (exploration candidates are random by design)
             searched = ids.shape[1] - explore
-            state.stats.audit(query.detach(), state.exact_index, ids[:, :searched], scores.detach()[:, :searched],
-                              weights.detach()[:, :searched], k, sampled=sampled, scored=scored)
-        state.log(t, ids, weights, k)
+            recorder.stats.audit(query.detach(), recorder.exact_index, ids[:, :searched], scores.detach()[:, :searched],
+                                 weights.detach()[:, :searched], k, sampled=sampled, scored=scored)
+        recorder.log(t, ids, weights, k)
         return summary
 
-    def _retrieve(self, h_hat: torch.Tensor, state: SABState, count: int, step: int):
+    def _retrieve(self, h_hat: torch.Tensor, state: SABState, count: int, step: int, projection, explore: int):
         """Candidate slot ids (B, count), -1 padded (then the exploration candidates), and the search query
         (B, d_k) in the graph (None for scorers that no index can serve)."""
-        if state.projection is not None:
-            query = state.projection.query(h_hat)  # what the index is searched with; re-scores the candidates
-            if state.queries is not None:
-                state.queries.append(query.detach().clone())
-            if state.replay is not None:
-                return state.replayed(step, count + state.explore), query
+        recorder = state.recorder
+        query = None
+        if projection is not None:
+            query = projection.query(h_hat)  # what the index is searched with; re-scores the candidates
+            recorder.query(query)
+        if recorder.replay is not None:
+            return recorder.replayed(step, count + explore, state.memory.values_buffer.device), query
+        if query is not None:
             start = time.perf_counter()
             _, ids = state.index.search(query.detach(), count)
             # The index checked this state's first keys and query for NaN/Inf; checking every call would read
@@ -286,23 +295,36 @@ class SABLayer(nn.Module):
             # that returns the exact candidate set then gives bit-identical results to exact search, so a
             # difference between runs measures missed candidates and not summation order.
             ids = ids.sort(dim=1, descending=True).values
-            state.stats.search_seconds += time.perf_counter() - start
-            return state.with_exploration(ids), query
-        if state.replay is not None:
-            return state.replayed(step, count + state.explore), None
+            recorder.stats.search_seconds += time.perf_counter() - start
+            return with_exploration(ids, explore, state.memory.size), query
         with torch.no_grad():
             scores = self.scorer(h_hat, state.memory.values())  # (B, N)
             top = scores.topk(min(count, state.memory.size), dim=1).indices
         if top.shape[1] < count:
             top = torch.cat([top, top.new_full((top.shape[0], count - top.shape[1]), -1)], dim=1)
-        return state.with_exploration(top), None
+        return with_exploration(top, explore, state.memory.size), None
 
-    def _score(self, h_hat: torch.Tensor, state: SABState, query: torch.Tensor | None,
-               slots: torch.Tensor) -> torch.Tensor:
+    def _score(self, h_hat: torch.Tensor, projection, query: torch.Tensor | None, slots: torch.Tensor) -> torch.Tensor:
         """Exact scores (B, C) of candidate slots (B, C, H), in the graph."""
         if query is not None:
-            return state.projection.scores(query, slots)
+            return projection.scores(query, slots)
         return self.scorer(h_hat, slots)
+
+
+def with_exploration(ids: torch.Tensor, explore: int, memory_size: int) -> torch.Tensor:
+    """The searched candidates (B, C) followed by ``explore`` = R slots drawn uniformly from the memory of
+    ``memory_size`` slots (B, C + R).
+
+    A draw that repeats a candidate or an earlier draw becomes padding (-1), so no slot is counted twice;
+    with N much larger than C that is rare. Draws use torch's global generator (seeded by the training
+    loop and saved in its checkpoints, so a resumed run draws the same slots).
+    """
+    if not explore:
+        return ids
+    draws = torch.randint(0, memory_size, (ids.shape[0], explore), device=ids.device)
+    repeats = (draws.unsqueeze(2) == ids.unsqueeze(1)).any(dim=2)
+    repeats |= (draws.unsqueeze(2) == draws.unsqueeze(1)).tril(diagonal=-1).any(dim=2)
+    return torch.cat([ids, draws.masked_fill(repeats, -1)], dim=1)
 
 
 class DenseAttentionLayer(SABLayer):
@@ -317,11 +339,11 @@ class DenseAttentionLayer(SABLayer):
     def truncates(self, t: int) -> bool:
         return False  # full gradients
 
-    def _attend(self, h_hat: torch.Tensor, state: SABState, t: int) -> torch.Tensor:
+    def _attend(self, h_hat: torch.Tensor, state: SABState, t: int, projection, explore: int) -> torch.Tensor:
         B, N = h_hat.shape[0], state.memory.size
         ids = torch.arange(N, device=h_hat.device).expand(B, N)
         slots = state.memory.read(ids)  # (B, N, H)
-        query = state.projection.query(h_hat) if state.projection is not None else None
-        weights = torch.softmax(self._score(h_hat, state, query, slots), dim=1)  # (B, N)
-        state.log(t, ids, weights, N)
+        query = projection.query(h_hat) if projection is not None else None
+        weights = torch.softmax(self._score(h_hat, projection, query, slots), dim=1)  # (B, N)
+        state.recorder.log(t, ids, weights, N)
         return torch.bmm(weights.unsqueeze(1), slots).squeeze(1)

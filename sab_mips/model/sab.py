@@ -1,21 +1,22 @@
 """The SAB-LSTM: an ``SABLayer`` (the algorithm: see ``layer``) and a head (linear, or one hidden layer: ``head_hidden``) on its features [h_t ; s_t].
 
-``forward(x)`` gives per-step logits; ``run(x, ...)`` gives everything one pass can measure, passed as
-arguments and returned (``SABOutput``), never left on the module: ``retrieval=`` searches with another
-index for one call (``"exact"`` gives the exact twin of an approximate pass), ``replay=`` re-uses recorded
-candidate ids instead of searching, ``audit_every`` compares every n-th attention step with exact search;
-``forward_backward(x, y, loss_fn)`` is the memory-bounded training step (``engine``).
+``forward(x)`` gives per-step logits; ``run(x, PassOptions(...))`` gives everything one pass can measure,
+asked for in its ``PassOptions`` and returned (``SABOutput``), never left on the module: ``retrieval``
+searches with another index for one pass (``"exact"`` gives the exact twin of an approximate pass),
+``replay`` re-uses recorded candidate ids instead of searching, ``audit_every`` compares every n-th
+attention step with exact search; ``forward_backward(x, y, loss_fn)`` is the memory-bounded training step
+(``engine``).
 
 Shapes: B batch, T time steps, I input size, H hidden size, O output size, S attention steps, K = k_top.
 
 Example::
 
-    >>> from sab_mips import SABConfig, SABLSTM
+    >>> from sab_mips import PassOptions, SABConfig, SABLSTM
     >>> model = SABLSTM(SABConfig(input_size=3, output_size=2, hidden_size=8, k_top=2, k_att=2, k_trunc=4))
     >>> logits, record = model(torch.randn(4, 10, 3), return_attention=True)
     >>> logits.shape, record.slot_ids.shape      # (B, T, O), (S, B, K)
     (torch.Size([4, 10, 2]), torch.Size([8, 4, 2]))
-    >>> out = model.run(torch.randn(4, 10, 3), retrieval="faiss:HNSW32", audit_every=1)
+    >>> out = model.run(torch.randn(4, 10, 3), PassOptions(retrieval="faiss:HNSW32", audit_every=1))
     >>> out.stats.as_metrics()["recall"]
     1.0
 """
@@ -33,7 +34,9 @@ from .diagnostics import AttentionDiagnostics
 from .engine import ChunkLoss, forward_backward
 from .inputs import check_input
 from .layer import DenseAttentionLayer, SABLayer
+from .options import PassOptions
 from .record import AttentionRecord
+from .state import SABState
 
 
 @dataclass
@@ -92,42 +95,51 @@ class SABLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Per-step logits (B, T, O) for inputs x (B, T, I); with ``return_attention`` also the record."""
-        out = self.run(x, record=return_attention)
+        out = self.run(x, PassOptions(record=return_attention))
         return (out.logits, out.record) if return_attention else out.logits
 
-    def run(self, x: torch.Tensor, **options) -> SABOutput:
-        """One pass over inputs x (B, T, I), with everything it can measure; ``options`` are those of
-        ``SABLayer.initial_state`` (retrieval, replay, record, audit_every, audit_from, collect_queries,
-        diagnostics)."""
+    def run(self, x: torch.Tensor, options: PassOptions | None = None) -> SABOutput:
+        """One pass over inputs x (B, T, I), with everything ``options`` asks it to measure or keep."""
         check_input(self, x, self.config.input_size)
-        state = self.layer.initial_state(x.shape[0], device=x.device, dtype=x.dtype, steps=x.shape[1], **options)
+        state = self.layer.initial_state(x.shape[0], options, device=x.device, dtype=x.dtype, steps=x.shape[1])
         features, state = self.layer(x, state)
-        return self.output(self.head(features), state, options)
+        return self.output(self.head(features), state)
 
-    def output(self, logits: torch.Tensor, state, options: dict, loss: torch.Tensor | None = None) -> SABOutput:
+    def output(self, logits: torch.Tensor, state: SABState, loss: torch.Tensor | None = None) -> SABOutput:
         """The ``SABOutput`` of a pass that ended in ``state``."""
-        queries = state.stacked_queries(logits.shape[0], self.config.attn_dim) if options.get("collect_queries") else None
-        record = state.attention_record() if options.get("record") else None
-        return SABOutput(logits, record, state.stats, queries, state.diagnostics, loss)
+        recorder = state.recorder
+        options = recorder.options
+        queries = (recorder.stacked_queries(logits, logits.shape[0], self.config.attn_dim)
+                   if options.collect_queries else None)
+        record = recorder.attention_record(state.memory.times) if options.record else None
+        return SABOutput(logits, record, recorder.stats, queries, recorder.diagnostics, loss)
+
+    def stream(self, x: torch.Tensor, state: SABState | None = None) -> tuple[torch.Tensor, SABState]:
+        """Logits (B, W, O) of one window x (B, W, I) of a stream, continuing ``state`` (None: a fresh one);
+        returns them and the state after the window (``state.detach()`` before the next window cuts the
+        gradient there, the memory carried as constants)."""
+        features, state = self.layer(x, state)
+        return self.head(features), state
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, chunk: int = 1000, **options) -> SABOutput:
+    def predict(self, x: torch.Tensor, chunk: int = 1000, options: PassOptions | None = None) -> SABOutput:
         """``run`` without a graph, the sequence fed to the layer ``chunk`` steps at a time: memory holds the
         slots and the logits, never all T steps' features (evaluation at any length)."""
         check_input(self, x, self.config.input_size)
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        state = self.layer.initial_state(x.shape[0], device=x.device, dtype=x.dtype, steps=x.shape[1], **options)
+        state = self.layer.initial_state(x.shape[0], options, device=x.device, dtype=x.dtype, steps=x.shape[1])
         logits = [self.head(self.layer(x[:, a : a + chunk], state)[0]) for a in range(0, x.shape[1], chunk)]
-        return self.output(torch.cat(logits, dim=1), state, options)
+        return self.output(torch.cat(logits, dim=1), state)
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                         chunk: int = 1000, chunk_loss: ChunkLoss | None = None, **options) -> SABOutput:
+                         chunk: int = 1000, chunk_loss: ChunkLoss | None = None,
+                         options: PassOptions | None = None) -> SABOutput:
         """The loss of ``loss_fn(logits, y)`` and its gradient in every parameter's ``.grad`` (accumulated, as
         ``backward`` does), in memory that grows with the number of slots, not with T (``engine``).
         ``chunk_loss``: the loss split over chunks of steps (e.g. ``Task.chunk_loss``), to hold less."""
         check_input(self, x, self.config.input_size)
-        return forward_backward(self, x, y, loss_fn, chunk, chunk_loss=chunk_loss, **options)
+        return forward_backward(self, x, y, loss_fn, chunk, chunk_loss=chunk_loss, options=options)
 
     @torch.no_grad()
     def collect_memories(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -140,11 +152,11 @@ class SABLSTM(nn.Module):
         if not self.layer.scorer.supports_mips:
             raise ValueError(f"collect_memories needs the dot or cosine scorer, not {self.config.scorer!r}")
         check_input(self, x, self.config.input_size)
-        state = self.layer.initial_state(x.shape[0], device=x.device, dtype=x.dtype, steps=x.shape[1],
-                                         collect_queries=True)
+        state = self.layer.initial_state(x.shape[0], PassOptions(collect_queries=True), device=x.device,
+                                         dtype=x.dtype, steps=x.shape[1])
         _, state = self.layer(x, state)
-        return {"keys": state.projection.key(state.memory.values()),
-                "queries": state.stacked_queries(x.shape[0], self.config.attn_dim)}
+        return {"keys": self.layer.scorer.projection().key(state.memory.values()),
+                "queries": state.recorder.stacked_queries(x, x.shape[0], self.config.attn_dim)}
 
 
 class DenseAttentionLSTM(SABLSTM):

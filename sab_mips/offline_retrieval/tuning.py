@@ -4,7 +4,7 @@ The grid ranges over the backend's factory parameters, the number in its FAISS d
 ``IVF<nlist>``, ``M`` of ``HNSW<M>``) and ``k_cand``, the candidates retrieved per query. Each setting is
 searched on S sequences of N slots sampled from the recorded memories, with the recorded queries, and
 measured by recall@k_top against exact search (the approximate top-K being the K best of its k_cand
-candidates by exact score, as in the model; ``metrics.recall_at_k``) and by search time per query.
+candidates by exact score, as in the model; ``retrieval.metrics.recall_at_k``) and by search time per query.
 Settings that differ only in search-time parameters share one build.
 
 Shapes: S sequences, N slots per sequence, d key size, Q queries (query i goes to sequence i mod S).
@@ -27,8 +27,8 @@ from indexes import make_index, parse_factory_string
 
 from ..errors import UserError
 from .datasets import load_memories, make_dataset
-from .factory import make_user_index
-from .metrics import recall_at_k, score_scale
+from ..retrieval.factory import make_user_index
+from ..retrieval.metrics import recall_at_k, score_scale
 from .timing import build_key, time_search, timed
 
 DESCRIPTOR_KEYS = {"IVF": "nlist", "HNSW": "M"}  # the number in a FAISS descriptor, tunable by name

@@ -213,6 +213,33 @@ class SlotMemory:
         out._writes_take_key_grads = False
         return out
 
+    @property
+    def writes_take_key_grads(self) -> bool:
+        """False for a ``detached()`` memory: reads in the graph then project their candidates, and a key cache
+        would serve only reads without a graph."""
+        return self._writes_take_key_grads
+
+    @classmethod
+    def of_constants(cls, values: torch.Tensor, times: list[int]) -> "SlotMemory":
+        """A detached memory holding the slots ``values`` (B, N, H) (copied) written at steps ``times``, e.g.
+        a memory restored from a checkpoint; room for as many more before it grows."""
+        if values.shape[1] != len(times):
+            raise ValueError(f"{values.shape[1]} slots but {len(times)} times")
+        B, N, H = values.shape
+        out = cls(B, H, device=values.device, dtype=values.dtype, capacity=max(16, 2 * N))
+        out._buffers.values[:, :N] = values
+        out.times = list(times)
+        out._writes_take_key_grads = False
+        return out
+
+    def newest(self, count: int) -> "SlotMemory":
+        """A detached memory of the ``count`` newest slots (their values and times, copied), for a memory of
+        bounded size: the slots keep their order and are renumbered from 0."""
+        if not 0 <= count <= self.size:
+            raise ValueError(f"cannot keep {count} of a memory of {self.size} slots")
+        return SlotMemory.of_constants(self._buffers.values[:, self.size - count : self.size],
+                                       self.times[self.size - count :])
+
     def rewound(self, size: int) -> "SlotMemory":
         """This memory as it was when it held ``size`` slots, sharing its buffers and accumulated gradients.
 

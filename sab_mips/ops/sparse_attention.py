@@ -8,6 +8,8 @@ Autograd would run about 25 small ops forward and 35 backward for this per time 
 is a handful of batched ops and the backward is written out (below), so an attention step costs a few
 kernel calls instead of dozens. The plain autograd path (``scorers`` projections + ``sparsify``) is the
 slow twin: the tests compare outputs and gradients in float64 and run ``gradcheck``.
+Both paths run the same sparsifiers (``sparsify.relu_sparsify``, ``sparsify.softmax_topk_weights``); the
+backward below reuses what the ReLU one returns (the active entries, the sum S, the column of δ's score).
 
 Backward, for the upstream gradient g_s (B, H):
 
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sparsify import LOW_N_MARGIN, softmax_topk_weights
+from .sparsify import relu_sparsify, softmax_topk_weights
 
 NORM_FLOOR = 1e-12  # a vector of smaller norm is divided by this instead (cosine 0, no division by zero)
 
@@ -71,7 +73,7 @@ def attend_forward(slots: torch.Tensor, query: torch.Tensor, key_weight: torch.T
             unit, norms = unit_keys, None
         scores = (unit * query.unsqueeze(1)).sum(dim=2)
     if spec.sparsifier == "relu":
-        weights, active, total, delta_index = _relu_weights(scores, valid, spec.k, spec.eps)
+        weights, active, total, delta_index = relu_sparsify(scores, spec.k, spec.eps, valid)
     else:
         weights = softmax_topk_weights(scores, spec.k, valid, spec.explore, all_valid=valid is None)
         active = total = delta_index = None
@@ -118,52 +120,3 @@ def unit_backward(g_unit: torch.Tensor, unit: torch.Tensor, norms: torch.Tensor)
     norm was clamped. Linear in g, so a sum of gradients of one key can be taken through it once."""
     g_keys = (g_unit - unit * (unit * g_unit).sum(dim=-1, keepdim=True)) / norms
     return torch.where(norms < NORM_FLOOR, g_unit / NORM_FLOOR, g_keys)  # clamped norm: a plain division
-
-
-def _relu_weights(scores: torch.Tensor, valid: torch.Tensor | None, k: int, eps: float):
-    """The paper's sparsifier (``sparsify.sparse_attention_weights``) and what its backward needs: the
-    active entries (a > δ), the sum S, and the index of the score that sets δ."""
-    C = scores.shape[1]
-    if valid is None:
-        if C > k:
-            top = scores.topk(k + 1, dim=1)
-            delta, delta_index = top.values[:, k:], top.indices[:, k:]
-        else:  # N <= K: δ = lowest score − margin, set by the lowest slot
-            low = scores.min(dim=1, keepdim=True)
-            delta, delta_index = low.values - LOW_N_MARGIN, low.indices
-        active = scores > delta
-    else:
-        lowest = scores.masked_fill(~valid, float("inf")).min(dim=1, keepdim=True)
-        delta, delta_index = lowest.values - LOW_N_MARGIN, lowest.indices
-        if C > k:
-            top = scores.masked_fill(~valid, float("-inf")).topk(k + 1, dim=1)
-            enough = valid.sum(dim=1, keepdim=True) > k
-            delta = torch.where(enough, top.values[:, k:], delta)
-            delta_index = torch.where(enough, top.indices[:, k:], delta_index)
-        delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))  # rows with no valid slot
-        active = (scores > delta) & valid
-    shifted = (scores - delta) * active
-    total = shifted.sum(dim=1, keepdim=True)
-    return shifted / (total + eps), active, total, delta_index
-
-
-class SparseAttention(torch.autograd.Function):
-    """``attend_forward`` / ``attend_backward`` on plain tensors: (summary, weights, scores).
-
-    The model reads its slots through ``SlotMemory.attend``, which runs the same two functions on the
-    slot buffer; this form is for ``gradcheck`` and for callers that hold the candidate slots themselves.
-    Weights and scores are returned detached.
-    """
-
-    @staticmethod
-    def forward(ctx, slots, query, key_weight, valid, spec: AttentionSpec):
-        summary, weights, scores, saved = attend_forward(slots, query, key_weight, valid, spec)
-        ctx.saved, ctx.spec = saved, spec
-        ctx.mark_non_differentiable(weights, scores)
-        return summary, weights, scores
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_summary, _grad_weights, _grad_scores):
-        g_slots, g_query, g_key_weight, _ = attend_backward(grad_summary, ctx.saved, ctx.spec)
-        return g_slots, g_query, g_key_weight, None, None

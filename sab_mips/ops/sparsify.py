@@ -28,43 +28,75 @@ Shapes: B queries (the batch), C candidates, K = k_top.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 LOW_N_MARGIN = 1.0  # δ = min score − LOW_N_MARGIN when a query has N ≤ K valid slots
 
 
-def sparsity_threshold(scores: torch.Tensor, k: int, valid: torch.Tensor) -> torch.Tensor:
-    """δ per query, shape (B, 1), differentiable. See the module docstring for the N ≤ K rule.
+class ReluWeights(NamedTuple):
+    """The ReLU sparsifier's weights and what its closed-form backward reuses (``sparse_attention``)."""
 
-    scores: (B, C); valid: (B, C) bool.
+    weights: torch.Tensor  # (B, C)
+    active: torch.Tensor  # (B, C) bool: a_i > δ (and valid), the entries with a non-zero weight
+    total: torch.Tensor  # (B, 1): S = Σ_i ReLU(a_i − δ)
+    source: torch.Tensor  # (B, 1) long: the column whose score sets δ (the (K+1)-th, or the lowest when N ≤ K)
+
+
+def threshold_and_source(scores: torch.Tensor, k: int,
+                         valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(δ (B, 1), differentiable; the column (B, 1) of the score that sets it, which takes all of δ's
+    gradient, even at a tie). See the module docstring for the N ≤ K rule; a row with no valid entry gets
+    δ = +inf.
+
+    scores: (B, C), finite; valid: (B, C) bool, or None when every entry is a real slot.
     """
-    masked = scores.masked_fill(~valid, float("-inf"))
-    lowest_valid = scores.masked_fill(~valid, float("inf")).amin(dim=1)
+    if valid is None:
+        if scores.shape[1] > k:
+            top = scores.topk(k + 1, dim=1)
+            return top.values[:, k:], top.indices[:, k:]
+        low = scores.min(dim=1, keepdim=True)
+        return low.values - LOW_N_MARGIN, low.indices
+    low = scores.masked_fill(~valid, float("inf")).min(dim=1, keepdim=True)
+    delta, source = low.values - LOW_N_MARGIN, low.indices
     if scores.shape[1] > k:
-        kth_plus_one = masked.topk(k + 1, dim=1).values[:, k]
-    else:
-        kth_plus_one = torch.full_like(lowest_valid, float("-inf"))
-    enough = valid.sum(dim=1) > k
-    return torch.where(enough, kth_plus_one, lowest_valid - LOW_N_MARGIN).unsqueeze(1)
+        top = scores.masked_fill(~valid, float("-inf")).topk(k + 1, dim=1)
+        enough = valid.sum(dim=1, keepdim=True) > k
+        delta = torch.where(enough, top.values[:, k:], delta)
+        source = torch.where(enough, top.indices[:, k:], source)
+    return delta, source
 
 
-def relu_normalise(
-    scores: torch.Tensor, threshold: torch.Tensor, eps: float, valid: torch.Tensor | None = None
-) -> torch.Tensor:
-    """w = ReLU(a − δ) / (Σ ReLU(a − δ) + ε) with δ given; scores (B, C), threshold (B, 1).
+def sparsity_threshold(scores: torch.Tensor, k: int, valid: torch.Tensor) -> torch.Tensor:
+    """δ per query, shape (B, 1), differentiable (``threshold_and_source``). scores: (B, C); valid: (B, C) bool."""
+    return threshold_and_source(scores, k, valid)[0]
 
-    Entries outside ``valid`` (B, C) take no part, neither in the numerator nor in the sum.
+
+def relu_sparsify(scores: torch.Tensor, k: int, eps: float, valid: torch.Tensor | None = None) -> ReluWeights:
+    """w = ReLU(a − δ) / (Σ ReLU(a − δ) + ε) of finite scores (B, C), with the active entries, the sum and
+    the source of δ: the one implementation that the plain path (through autograd) and the fused step (whose
+    backward reuses these outputs) both run.
+
+    Entries outside ``valid`` (B, C) take no part, neither in δ nor in the sum; None: every entry is a slot.
     """
-    shifted = torch.relu(scores - threshold)
-    if valid is not None:
-        shifted = shifted * valid
-    return shifted / (shifted.sum(dim=1, keepdim=True) + eps)
+    delta, source = threshold_and_source(scores, k, valid)
+    if valid is None:
+        active = scores > delta
+    else:
+        # a row with no valid slot has δ = +inf; a finite δ keeps inf − inf (NaN) out, and it has no active entry
+        delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
+        active = (scores > delta) & valid
+    # (a − δ)·[a > δ] is ReLU(a − δ), bit for bit, and so is its gradient; the mask is what the backward reuses
+    shifted = (scores - delta) * active
+    total = shifted.sum(dim=1, keepdim=True)
+    return ReluWeights(shifted / (total + eps), active, total, source)
 
 
 def sparse_attention_weights(
     scores: torch.Tensor, k: int, eps: float = 1e-7, valid: torch.Tensor | None = None, all_valid: bool = False
 ) -> torch.Tensor:
-    """Sparse attention weights (B, C) from scores (B, C): at most K non-zero per row.
+    """Sparse attention weights (B, C) from scores (B, C): at most K non-zero per row (``relu_sparsify``).
 
     Padding is marked by ``valid`` (B, C) or, without it, by ``-inf`` scores. ``all_valid=True`` promises
     that every entry is a real, finite score, which skips the masking.
@@ -77,39 +109,12 @@ def sparse_attention_weights(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if valid is None and all_valid:
-        # The hot path of SAB with a full candidate set: no masks, δ straight from topk.
-        if scores.shape[1] > k:
-            threshold = scores.topk(k + 1, dim=1).values[:, k:]
-        else:
-            threshold = scores.amin(dim=1, keepdim=True) - LOW_N_MARGIN
-        return relu_normalise(scores, threshold, eps)
+    if valid is None and all_valid:  # the hot path of SAB with a full candidate set: no masks
+        return relu_sparsify(scores, k, eps).weights
     if valid is None:
         valid = torch.isfinite(scores)
     # Padding is replaced by a finite value so that no inf/NaN can enter the backward pass.
-    finite = scores.masked_fill(~valid, 0.0)
-    threshold = sparsity_threshold(finite, k, valid)
-    # A row with no valid slot has threshold +inf − 1; ReLU then gives exact zeros.
-    threshold = torch.where(torch.isfinite(threshold), threshold, torch.zeros_like(threshold))
-    return relu_normalise(finite, threshold, eps, valid)
-
-
-def sparse_attention_weights_reference(scores: torch.Tensor, k: int, eps: float = 1e-7) -> torch.Tensor:
-    """The slow, obvious twin of ``sparse_attention_weights``: one row at a time, δ from a full sort.
-
-    Padding must be given as ``-inf`` scores.
-    """
-    rows = []
-    for row in scores:
-        valid = torch.isfinite(row)
-        values = row[valid].sort(descending=True).values
-        out = torch.zeros_like(row)
-        if len(values):
-            delta = values[k] if len(values) > k else values[-1] - LOW_N_MARGIN
-            shifted = torch.relu(row[valid] - delta)
-            out = out.masked_scatter(valid, shifted / (shifted.sum() + eps))
-        rows.append(out)
-    return torch.stack(rows)
+    return relu_sparsify(scores.masked_fill(~valid, 0.0), k, eps, valid).weights
 
 
 def softmax_topk_weights(scores: torch.Tensor, k: int, valid: torch.Tensor | None = None,
@@ -154,19 +159,3 @@ def top_k_and_explored(masked: torch.Tensor, k: int, explore: int) -> tuple[torc
         return top.values, top.indices
     explored = torch.arange(searched, masked.shape[1], device=masked.device).expand(masked.shape[0], -1)
     return torch.cat([top.values, masked[:, searched:]], dim=1), torch.cat([top.indices, explored], dim=1)
-
-
-def softmax_topk_weights_reference(scores: torch.Tensor, k: int, explore: int = 0) -> torch.Tensor:
-    """The slow twin of ``softmax_topk_weights``: one row at a time, the K best by a full sort; padding as
-    ``-inf`` scores; the last ``explore`` columns always take part."""
-    rows = []
-    searched = scores.shape[1] - explore
-    for row in scores:
-        out = torch.zeros_like(row)
-        valid = torch.isfinite(row[:searched]).nonzero().flatten()
-        chosen = valid[row[valid].sort(descending=True).indices[:k]]
-        chosen = torch.cat([chosen, searched + torch.isfinite(row[searched:]).nonzero().flatten()])
-        if len(chosen):
-            out = out.index_put((chosen,), torch.softmax(row[chosen], dim=0))
-        rows.append(out)
-    return torch.stack(rows)

@@ -1,8 +1,8 @@
 """Measuring retrieval, for the model's audits, ``tune`` and the benchmarks: one definition of each measure.
 
-``metrics`` (recall@K, attention mass recovered), ``stats`` (what a forward pass spent in the index and
-its audits), ``timing`` (timed searches), ``datasets`` (synthetic keys and recorded memories) and
-``tuning`` (a parameter grid on recorded memories, its Pareto frontier and recommendation).
+What a model's pass uses: ``metrics`` (recall@K, attention mass recovered), ``stats`` (what a forward pass
+spent in the index and its audits) and ``factory`` (the index a config names). The offline tools (data sets
+of keys, timed searches, tuning) are in ``sab_mips.offline_retrieval``.
 """
 from .metrics import TIE_RTOL, mass_recovered, recall_at_k
 from .stats import RetrievalStats

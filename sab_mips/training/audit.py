@@ -1,9 +1,21 @@
-"""The gradient audit of approximate retrieval: how far its gradient is from the exact one."""
+"""The audits of approximate retrieval: which steps a pass audits, and how far its gradient is from the
+exact one."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+from ..model import PassOptions
+from ..tasks import Task
+
+
+def audited_pass(task: Task, steps: int, audit_every: int, diagnostics: bool = False) -> PassOptions:
+    """The options of a pass over sequences of ``steps`` steps that audits every ``audit_every``-th attention
+    step and, with those, every step the task's metric reads (``scored_recall``); 0 audits nothing."""
+    if not audit_every:
+        return PassOptions(diagnostics=diagnostics)
+    return PassOptions(diagnostics=diagnostics, audit_every=audit_every, audit_from=task.scored_from(steps))
 
 
 def gradient_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -18,14 +30,15 @@ def exact_gradient_cosine(model: torch.nn.Module, exact_backward: Callable[[], o
     """Cosine between the gradient now in ``model``'s parameters and the one ``exact_backward()`` leaves.
 
     ``exact_backward`` runs the same batch with exact retrieval and backpropagates it (e.g.
-    ``lambda: loss(model.run(x, retrieval="exact").logits, y).backward()``, or the memory-bounded
-    ``model.forward_backward(x, y, loss, retrieval="exact")``); its gradient is compared, and the original
+    ``lambda: loss(model.run(x, PassOptions(retrieval="exact")).logits, y).backward()``, or the memory-bounded
+    ``model.forward_backward(x, y, loss, options=PassOptions(retrieval="exact"))``); its gradient is compared, and the original
     gradient is put back, so the caller's update is unchanged.
 
     Example::
 
         >>> loss.backward()          # the approximate gradient
-        >>> exact_gradient_cosine(model, lambda: task.loss(model.run(x, retrieval="exact").logits, y).backward())
+        >>> exact = PassOptions(retrieval="exact")
+        >>> exact_gradient_cosine(model, lambda: task.loss(model.run(x, exact).logits, y).backward())
         0.9993
     """
     params = dict(model.named_parameters())

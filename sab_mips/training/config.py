@@ -14,6 +14,8 @@ EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
 ENGINES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
 LENGTH_DRAWS = ("uniform", "log-uniform")
+STREAM_MEMORIES = ("stream", "window")
+TEXT_FIELDS = ("data", "window", "memory", "memory_slots", "refresh_every", "refresh_below", "eval_chars")
 ENGINE_MIN_STEPS = 2000  # engine="auto": SAB sequences at least this long train with the memory-bounded engine
 
 
@@ -21,7 +23,8 @@ ENGINE_MIN_STEPS = 2000  # engine="auto": SAB sequences at least this long train
 class TrainConfig(Config):
     """A training run; ``sab-mips train --help`` lists the fields with their help."""
 
-    task: str = option("copy", "a task name (copy, adding).")
+    task: str = option("copy", "a task name (copy, adding, text: character-level language modelling over a "
+                               "long text read as streams).")
     T: int = option(100, "the task's length parameter for training (copy: blanks + 1; adding: sequence length).")
     T_min: int | None = option(None, "variable-length training: each update draws its length uniformly from "
                                      "[T_min, T] (a pure function of the seed and the update's index, like its "
@@ -64,6 +67,21 @@ class TrainConfig(Config):
                                  f"{ENGINE_MIN_STEPS} steps or more).")
     engine_chunk: int = option(1000, "steps the engine re-runs at once in its backward sweep (memory of one "
                                      "chunk's graph against Python overhead).")
+    data: str | None = option(None, "task text: a corpus name (kjv, gcide; installed by make data) or the path of "
+                                    "a UTF-8 file.")
+    window: int = option(200, "task text: characters per window; each update reads the next window of every "
+                              "stream (B = batch_size streams), the gradient stops at its boundary.")
+    memory: str = option("stream", "task text, SAB: what the memory holds: stream (every slot of the pass so far, "
+                                   "or memory_slots) or window (the current window's slots only; (h, c) carried).")
+    memory_slots: int = option(0, "task text, SAB: at most this many slots per stream (0: the whole pass); when a "
+                                  "window leaves more, the oldest are dropped down to half of it and the index is "
+                                  "re-keyed.")
+    refresh_every: int = option(0, "task text, SAB with an index: re-key the index with today's weights every this "
+                                   "many windows (0: never).")
+    refresh_below: float = option(0.0, "task text, SAB with an index: re-key it when an audited window's recall "
+                                       "(against today's keys) is below this (0: never).")
+    eval_chars: int = option(0, "task text: characters of the validation split each periodic evaluation streams "
+                                "(its first ones; 0: the whole split).")
     init_from: str | None = option(None, "a run directory (or checkpoint file) whose weights and Adam state start "
                                          "this run (warm start; None: initialise from the seed). Its model must "
                                          "have the same parameter shapes; T, retrieval, k_cand, k_top, k_att, "
@@ -96,6 +114,17 @@ class TrainConfig(Config):
         require(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps!r}")
         require(isinstance(self.amsgrad, bool), f"amsgrad must be true or false, got {self.amsgrad!r}")
         require(self.time_budget >= 0, f"time_budget must be >= 0, got {self.time_budget!r}")
+        choice("memory", self.memory, STREAM_MEMORIES)
+        positive_int("window", self.window)
+        for name in ("memory_slots", "refresh_every", "eval_chars"):
+            non_negative_int(name, getattr(self, name), "0: none")
+        number("refresh_below", self.refresh_below)
+        require(0 <= self.refresh_below <= 1, f"refresh_below must be in [0, 1] (a recall), got {self.refresh_below!r}")
+        require(self.memory_slots == 0 or self.memory_slots >= 2,
+                f"memory_slots must be 0 (no cap) or >= 2, got {self.memory_slots}")
+        require(self.task == "text" or self.data is None, f"data applies to task text only, not {self.task!r}")
+        require(self.task != "text" or self.data is not None,
+                "task text needs data: a corpus name (kjv, gcide) or the path of a UTF-8 file")
 
 
 def train_length(cfg: TrainConfig, step: int) -> int:

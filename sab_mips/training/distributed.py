@@ -15,7 +15,7 @@ process group (``gloo`` on CPU, ``nccl`` on CUDA). Then:
   loop stops at the same step everywhere (rank 0's clock decides a time budget).
 
 Multi-node: the same command on every node with ``--nnodes``, ``--node-rank`` and a rendezvous endpoint
-(README: "GPU, several processes, several machines").
+(docs/gpu-and-distributed.md).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import torch
 from ..devices import synchronize
 from ..retrieval.stats import RetrievalStats
 from ..tasks import Task, batch_generator
+from .audit import audited_pass
 from .numerics import flush_denormals
 
 
@@ -21,8 +22,8 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     ``audit_every`` > 0 (models that retrieve): every n-th attention step is compared with exact search and
     ``recall`` / ``mass_recovered`` are added, and so are ``scored_recall`` / ``scored_mass_recovered``, the
     same over every attention step among the last ``task.scored_steps`` (those the task's metric reads).
-    ``timed``: ``ms_per_step`` (the model's time per time step of one batch, data generation excluded) and
-    ``retrieval_seconds`` are added. ``chunk``: time steps fed to a SAB model at once.
+    ``timed``: ``ms_per_step`` (the model's time per time step of one batch, data generation and audits
+    excluded) and ``retrieval_seconds`` are added. ``chunk``: time steps fed to a SAB model at once.
     """
     task.check_T(T)
     flush_denormals()
@@ -32,16 +33,17 @@ def evaluate(model: torch.nn.Module, task: Task, T: int, batches: int, seed: int
     totals: dict[str, float] = {}
     stats = RetrievalStats()
     seconds = 0.0
-    options = {"audit_every": audit_every, "audit_from": task.scored_from(task.seq_len(T))} if audit_every else {}
+    options = audited_pass(task, task.seq_len(T), audit_every)
     for j in range(batches):
         x, y = task.make_batch(T, batch_size, batch_generator(seed, j, "eval"))
         x, y = x.to(device), y.to(device)
         synchronize(device)
         start = time.perf_counter()
         if hasattr(model, "predict"):
-            out = model.predict(x, chunk=chunk, **options)
+            out = model.predict(x, chunk=chunk, options=options)
             logits = out.logits
             stats.merge(out.stats)
+            seconds -= out.stats.audit_seconds  # the audits measure retrieval; they are not part of its cost
         else:
             logits = model(x)
         synchronize(device)

@@ -35,9 +35,9 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import UserError
-from ..model import MIPS_SCORERS, SABLSTM, SABConfig
+from ..model import MIPS_SCORERS, SABLSTM, PassOptions, SABConfig
 from ..tasks import batch_generator
-from .audit import exact_gradient_cosine
+from .audit import audited_pass, exact_gradient_cosine
 from .config import ENGINE_MIN_STEPS, TrainConfig, learning_rate, train_length
 from .distributed import Distributed
 from .evaluate import evaluate
@@ -45,6 +45,7 @@ from .memories import dump_memories
 from .numerics import flush_denormals
 from .progress import Progress
 from .rng import replaying, rng_state
+from .stream import StreamTrainer
 from .rundir import (CHECKPOINT_FILE, METRICS_FILE, MetricsLog, build, check_resume, load_checkpoint, read_metrics,
                      save_checkpoint, save_config, truncate_metrics, warm_start)
 
@@ -143,69 +144,31 @@ class Trainer:
 
     # ---- the three things a loop does ------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
-        """One update on batch ``step`` of the run's stream; returns (and logs) its metrics line."""
-        cfg, model, task = self.train_cfg, self.model, self.task
+        """One update on batch ``step`` of the run's stream; returns (and logs) its metrics line.
+
+        The update itself is ``_backward`` then ``_apply``; what is measured on the way (the pass's
+        diagnostics and retrieval statistics, the exact-gradient audit) is kept out of the update's time."""
+        cfg, task = self.train_cfg, self.task
         t0 = time.perf_counter()
         T = train_length(cfg, self.step)
         x, y = task.make_batch(T, cfg.batch_size, batch_generator(cfg.seed, self.step, "train"))
         # every process draws the whole batch i and trains on its own rows
         x = self.dist.shard(x, cfg.batch_size).to(self.device)
         y = self.dist.shard(y, cfg.batch_size).to(self.device)
-        extra: dict[str, float] = {}
-        audit_every = cfg.audit_every if self.audited else 0
-        # with the sampled audits, every attention step among those the task's metric reads (scored_recall)
-        audits = {"audit_every": audit_every, "audit_from": task.scored_from(x.shape[1])} if audit_every else {}
         cosine_audit = self.audited and cfg.grad_cosine_every and (self.step + 1) % cfg.grad_cosine_every == 0
         # the exact-gradient audit replays this pass's exploration draws (captured only when it will run)
         rng_before = rng_state(self.device) if cosine_audit else None
-        if self.uses_engine(x.shape[1]):
-            self.optimizer.zero_grad(set_to_none=True)
-            out = model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, chunk_loss=task.chunk_loss,
-                                         diagnostics=True, **audits)
-            logits = out.logits
-
-            def exact_backward() -> None:
-                model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, chunk_loss=task.chunk_loss,
-                                       retrieval="exact")
-                self.dist.average_gradients(model.parameters())
-        else:
-            if isinstance(model, SABLSTM):  # SAB and the dense baseline: attention diagnostics, retrieval statistics
-                out = model.run(x, diagnostics=True, **audits)
-                logits = out.logits
-            else:
-                out, logits = None, model(x)
-            loss = task.loss(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-
-            def exact_backward() -> None:
-                task.loss(model.run(x, retrieval="exact").logits, y).backward()
-                self.dist.average_gradients(model.parameters())
-        self.dist.average_gradients(model.parameters())
-        if out is not None:
-            extra = {**out.diagnostics.as_metrics(), **(out.stats.as_metrics() if model.retrieves else {})}
+        audit_every = cfg.audit_every if self.audited else 0
+        out, logits = self._backward(x, y, audited_pass(task, x.shape[1], audit_every, diagnostics=True))
+        extra = {} if out is None else {**out.diagnostics.as_metrics(),
+                                        **(out.stats.as_metrics() if self.model.retrieves else {})}
         audit_seconds = extra.pop("audit_seconds", 0.0)
         if cosine_audit:
             t_cos = time.perf_counter()
             with replaying(rng_before, self.device):
-                extra["grad_cosine"] = exact_gradient_cosine(model, exact_backward)
+                extra["grad_cosine"] = exact_gradient_cosine(self.model, lambda: self._exact_backward(x, y))
             audit_seconds += time.perf_counter() - t_cos
-        # max_norm=inf still returns the norm, which is worth logging even without clipping.
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        # SAB's normalised sparsifier has gradients ~1/gap when the top K+1 scores nearly tie, and they
-        # can overflow; an update with a non-finite gradient is skipped (and counted), never applied.
-        lr = learning_rate(cfg, self.step)
-        before = parameter_vector(model)
-        if bool(torch.isfinite(grad_norm)):
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-        else:
-            self.skipped += 1
-        # How far the update moved the weights. Adam's step stays lr-sized when the gradients shrink once a
-        # task is learned (grad_norm falls a thousandfold, update_norm does not): the drift shows here.
-        after = parameter_vector(model)
-        extra["param_norm"], extra["update_norm"] = float(after.norm()), float((after - before).norm())
+        grad_norm, lr = self._apply(extra)
         # the audits measure approximate retrieval; they are not part of its cost
         seconds = time.perf_counter() - t0 - audit_seconds
         if "retrieval_seconds" in extra:
@@ -219,6 +182,49 @@ class Trainer:
                   "wall_time": self.elapsed, "sec_per_update": seconds}
         self._write(record)
         return record
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, options: PassOptions):
+        """The loss's gradient in every parameter's ``.grad`` (averaged over processes); returns the pass's
+        ``SABOutput`` (None for the LSTM baselines) and the logits."""
+        model, task, cfg = self.model, self.task, self.train_cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.uses_engine(x.shape[1]):
+            out = model.forward_backward(x, y, task.loss, chunk=cfg.engine_chunk, chunk_loss=task.chunk_loss,
+                                         options=options)
+            logits = out.logits
+        else:
+            # SAB and the dense baseline report attention diagnostics and retrieval statistics
+            out = model.run(x, options) if isinstance(model, SABLSTM) else None
+            logits = out.logits if out is not None else model(x)
+            task.loss(logits, y).backward()
+        self.dist.average_gradients(model.parameters())
+        return out, logits
+
+    def _exact_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The same update's gradient with exact search (what the gradient-cosine audit compares with)."""
+        self._backward(x, y, PassOptions(retrieval="exact"))
+
+    def _apply(self, extra: dict[str, float]) -> tuple[torch.Tensor, float]:
+        """Clip the gradient and take the optimiser step (skipped when the gradient is not finite); adds the
+        parameter and update norms to ``extra``; returns the gradient norm and the learning rate."""
+        model = self.model
+        # max_norm=inf still returns the norm, which is worth logging even without clipping.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.train_cfg.grad_clip or float("inf"))
+        # SAB's normalised sparsifier has gradients ~1/gap when the top K+1 scores nearly tie, and they
+        # can overflow; an update with a non-finite gradient is skipped (and counted), never applied.
+        lr = learning_rate(self.train_cfg, self.step)
+        before = parameter_vector(model)
+        if bool(torch.isfinite(grad_norm)):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        else:
+            self.skipped += 1
+        # How far the update moved the weights. Adam's step stays lr-sized when the gradients shrink once a
+        # task is learned (grad_norm falls a thousandfold, update_norm does not): the drift shows here.
+        after = parameter_vector(model)
+        extra["param_norm"], extra["update_norm"] = float(after.norm()), float((after - before).norm())
+        return grad_norm, lr
 
     def uses_engine(self, steps: int) -> bool:
         """Whether an update on sequences of ``steps`` steps uses the memory-bounded engine (``engine``)."""
@@ -288,7 +294,8 @@ class Trainer:
 def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
           progress: bool = True, record_memories: str | Path | None = None,
           record_count: int = 100_000, device: str = "auto") -> dict[str, Any]:
-    """Train (or resume) a run in ``run_dir``; return a summary dict (see ``format_summary``).
+    """Train (or resume) a run in ``run_dir``; return a summary dict (see ``format_summary``). Task ``text``
+    streams a corpus (``stream.StreamTrainer``).
 
     With ``record_memories`` (an .npz path), afterwards dumps the keys and queries the model's index saw
     for retrieval benchmarks (``dump_memories``; rank 0).
@@ -296,6 +303,11 @@ def train(model_cfg: SABConfig, train_cfg: TrainConfig, run_dir: str | Path, res
     if record_memories is not None and (model_cfg.model != "sab" or model_cfg.scorer not in MIPS_SCORERS):
         raise UserError(f"--record-memories needs model 'sab' with a scorer an index can serve ({', '.join(MIPS_SCORERS)}); "
                         f"this is model '{model_cfg.model}' with scorer '{model_cfg.scorer}'")
+    if train_cfg.task == "text":
+        if record_memories is not None:
+            raise UserError("--record-memories applies to the synthetic tasks, not to task 'text'")
+        return StreamTrainer(model_cfg, train_cfg, run_dir, resume=resume, progress=progress,
+                             device=str(resolve_device(device))).run()
     trainer = Trainer(model_cfg, train_cfg, run_dir, resume=resume, progress=progress, device=device)
     summary = trainer.run()
     if record_memories is not None and trainer.dist.is_main:

@@ -3,8 +3,10 @@
 ``summarize_run`` gives one row per run: final eval metrics, median seconds per update (audits excluded,
 first update dropped as warm-up), median fraction of it spent in the index, mean recall@k_top and
 attention mass recovered over the audited steps (and recall over the steps the task scores,
-``scored_recall``), mean gradient cosine (approximate vs exact). Exact runs
-show 1 for recall and cosine: they are exact by construction and not audited. ``summarize_seeds`` groups
+``scored_recall``), mean gradient cosine (approximate vs exact). Exact runs (their log's note line says
+the audits were skipped) have no recall, mass or cosine: None, shown as "–". They are exact by
+construction, but nothing was measured, and a missing value is never shown as a perfect one.
+``summarize_seeds`` groups
 rows by retrieval setting: mean, min and max of the final metric and the paired difference to the first
 setting's run *of the same seed*.
 
@@ -41,18 +43,17 @@ def summarize_run(run_dir: str | Path, primary: str) -> dict[str, Any]:
         values = [r[key] for r in train if key in r]
         return statistics.fmean(values) if values else None
 
-    exact = any(r.get("split") == "note" for r in records)
+    audited = not any(r.get("split") == "note" for r in records)  # the note says why audits were skipped
     last = evals[-1] if evals else {}
     return {
         "steps": train[-1]["step"], "wall_time": train[-1]["wall_time"],
         "eval_" + primary: last.get(primary), "eval_loss": last.get("loss"),
         "sec_per_update": statistics.median(r["sec_per_update"] for r in timed),
         "retrieval_fraction": statistics.median(r.get("retrieval_fraction", 0.0) for r in timed),
-        "recall": 1.0 if exact else mean("recall"),
-        "scored_recall": 1.0 if exact else mean("scored_recall"),
-        "mass_recovered": 1.0 if exact else mean("mass_recovered"),
-        "grad_cosine": 1.0 if exact else mean("grad_cosine"),
-        "audited": not exact,
+        # None where the run logged no such value (an exact run is not audited): never a made-up 1
+        "recall": mean("recall"), "scored_recall": mean("scored_recall"),
+        "mass_recovered": mean("mass_recovered"), "grad_cosine": mean("grad_cosine"),
+        "audited": audited,
     }
 
 
