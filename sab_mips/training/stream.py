@@ -115,8 +115,10 @@ class StreamRunner:
         audited = every > 0 and last // every > (first - 1) // every  # a multiple of every in [first, last]
         state.recorder.audit_every_step(every if audited else 0)
         if audited and state.memory.size:
+            start = time.perf_counter()
             with torch.no_grad():
                 state.recorder.rekey(self.key_of()(state.memory.values()))
+            state.recorder.stats.audit_seconds += time.perf_counter() - start  # an audit's cost, not training's
 
     def end_window(self, refresh: bool = False) -> None:
         """Cut the graph at the window boundary; apply the memory cap; re-key the index if ``refresh``."""
