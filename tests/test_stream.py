@@ -117,13 +117,14 @@ def test_the_gradient_stops_at_the_window_boundary(text_file):
 
 
 def test_rekeying_restores_recall_against_todays_keys():
-    """An index whose keys were made before the weights changed misses today's top slots; the audit (whose
-    reference holds today's keys) sees it, and re-keying brings recall back to 1."""
+    """An exact index whose keys were made before the weights changed misses today's top slots; the audit
+    (whose reference holds today's keys) sees it, and re-keying brings recall back to 1."""
     torch.manual_seed(0)
     model = build_model(SABConfig(model="sab", input_size=4, output_size=4, hidden_size=16, k_top=2, k_att=1,
                                   k_trunc=5, attn_dim=8, scorer="dot", retrieval="exact"))
     layer = model.layer
-    state = layer.initial_state(2, PassOptions(audit_every=1, retrieval="faiss:Flat"), steps=200)
+    assert layer.initial_state(2, PassOptions(audit_every=1)).recorder.exact_index is None  # exact: no audit
+    state = layer.initial_state(2, PassOptions(audit_every=1, stale_keys=True), steps=200)
     with torch.no_grad():
         layer(torch.randn(2, 100, 4), state)
         layer.scorer.key_proj.weight.copy_(torch.randn_like(layer.scorer.key_proj.weight))  # the weights move on

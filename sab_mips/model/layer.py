@@ -119,17 +119,18 @@ class SABLayer(nn.Module):
         check_retrieval(retrieval, self.config.scorer)
         self.retrieval = retrieval
 
-    def audit_skip_reason(self, retrieval: str | None = None) -> str | None:
+    def audit_skip_reason(self, retrieval: str | None = None, stale_keys: bool = False) -> str | None:
         """Why retrieval audits cannot run with ``retrieval`` (default: the layer's), or None when they can.
 
-        Exact candidates need no audit: their recall, attention mass and gradient cosine are 1 by construction.
+        Exact candidates need no audit: their recall, attention mass and gradient cosine are 1 by construction
+        — unless the index's keys may be older than the weights (``stale_keys``, a stream's memory).
         """
         retrieval = self.retrieval if retrieval is None else retrieval
         if not self.retrieves:
             return "skipped: no retrieval, every slot is read (exact)"
         if not self.scorer.supports_mips:
             return f"skipped: scorer {self.config.scorer!r} scans every slot (exact)"
-        if make_index(retrieval).exact:
+        if make_index(retrieval).exact and not stale_keys:
             return f"skipped: retrieval {retrieval!r} is exact (recall 1 and gradient cosine 1 by construction)"
         return None
 
@@ -178,7 +179,7 @@ class SABLayer(nn.Module):
         if searches:
             index = make_index(retrieval)
             index.reset(batch_size, cfg.attn_dim)  # keys, e.g. W_k m_i (d_k <= H: less to scan per search)
-        recorder = PassRecorder(options, audit_skip_reason=self.audit_skip_reason(retrieval),
+        recorder = PassRecorder(options, audit_skip_reason=self.audit_skip_reason(retrieval, options.stale_keys),
                                 searches=searches, batch_size=batch_size, key_size=cfg.attn_dim, k_top=cfg.k_top,
                                 k_att=cfg.k_att, k_trunc=cfg.k_trunc)
         return SABState(memory, index, recorder)

@@ -33,6 +33,9 @@ class PassOptions:
         diagnostics: keep gap sums, slot norms and long-range attention.
         keep_candidates: keep every attention step's candidate ids on the device (what the memory-bounded
             engine replays).
+        stale_keys: the index's keys may be older than the weights (a stream's memory, whose keys were
+            computed when each slot was written): audit even an exact index, against a reference re-keyed
+            with today's weights (``PassRecorder.rekey``).
     """
 
     retrieval: str | None = None
@@ -43,6 +46,7 @@ class PassOptions:
     collect_queries: bool = False
     diagnostics: bool = False
     keep_candidates: bool = False
+    stale_keys: bool = False
 
     def __post_init__(self) -> None:
         if self.audit_every < 0 or (self.audit_from is not None and self.audit_from < 0):

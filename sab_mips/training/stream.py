@@ -17,7 +17,8 @@ once per ``memory_slots / 2`` slots written, not at every window), and the index
 
 Stale keys: the index holds each slot's key as computed when it was written; the exact re-scoring uses the
 weights of now. Audits (``audit_every``) compare the searched candidates with exact search over *today's*
-keys: in a window that holds an audited attention step, the audits' reference index is re-keyed first.
+keys: in a window that holds an audited attention step, the audits' reference index is re-keyed first. An
+``exact`` index is audited too: its recall below 1 is the staleness of its keys alone.
 ``refresh_every`` re-keys the searched index every R windows, ``refresh_below`` whenever the last audited
 recall fell below a threshold; ``refresh_seconds`` in the metrics is what re-keying cost.
 
@@ -75,7 +76,7 @@ class StreamRunner:
         self.model, self.cfg, self.batch = model, cfg, batch
         self.memory_slots = cfg.memory_slots if memory_slots is None else memory_slots
         self.sab = isinstance(model, SABLSTM)
-        self.audits = audits and self.sab and model.audit_skip_reason() is None
+        self.audits = audits and self.sab and model.layer.audit_skip_reason(stale_keys=True) is None
         self.state: SABState | tuple[torch.Tensor, torch.Tensor] | None = None
         self.refresh_seconds = 0.0
 
@@ -83,7 +84,7 @@ class StreamRunner:
         self.state = None
 
     def _fresh_sab_state(self, x: torch.Tensor) -> SABState:
-        options = PassOptions(audit_every=self.cfg.audit_every) if self.audits else None
+        options = PassOptions(audit_every=self.cfg.audit_every, stale_keys=True) if self.audits else None
         return self.model.layer.initial_state(self.batch, options, device=x.device, dtype=x.dtype,
                                               steps=self.cfg.window)
 
