@@ -15,7 +15,8 @@ from sab_mips.cli import main
 from sab_mips.corpora import load_corpus
 from sab_mips.training import train
 from sab_mips.training.rundir import load_checkpoint, read_metrics
-from sab_mips.training.stream import StreamRunner, evaluate_stream, one_hot
+from sab_mips.model.record import AttentionRecord
+from sab_mips.training.stream import AttentionDistances, StreamRunner, evaluate_stream, one_hot
 
 TIMING = ("wall_time", "sec_per_update", "ms_per_step", "retrieval_seconds", "refresh_seconds")
 
@@ -188,6 +189,7 @@ def test_cli_trains_evaluates_and_samples_a_text_run(tmp_path, text_file, capsys
     evals = [r for r in read_metrics(run / "metrics.jsonl") if r.get("source") == "sab-mips eval"]
     assert [(r["data"], r["retrieval"]) for r in evals] == [("test", "exact"), ("test", "faiss:Flat")]
     assert evals[0]["bpc"] == evals[1]["bpc"]  # two exact searches: the same candidates
+    assert sum(evals[0]["attention_distance_hist"]) == pytest.approx(1.0) and 0 <= evals[0]["old_attention"] <= 1
     assert f"bpc={evals[0]['bpc']:.4f}" in printed and "test of" in printed
     samples = []
     for _ in range(2):
@@ -207,3 +209,22 @@ def test_cli_trains_evaluates_and_samples_a_text_run(tmp_path, text_file, capsys
                  "--batch-size", "2", "--eval-batches", "1", "--run-dir", str(copy_run), "--no-progress"]) == 0
     assert "not of task 'text'" in error(["generate", "--run", str(copy_run), "--prompt", "a"])
     assert "--split applies to runs of task 'text' only" in error(["eval", "--run", str(copy_run), "--split", "test"])
+
+
+def test_attention_distances_bin_the_weight_by_how_far_back_each_slot_was_written():
+    """Slots written at steps 3, 40 and 95; step 100 gives them weights 0.5, 0.3 and 0.2 (distances 97, 60, 5),
+    step 101 gives 1.0 to the slot of step 95 (distance 6); the window starts at step 50."""
+    record = AttentionRecord(steps=torch.tensor([100, 101]), candidate_ids=torch.zeros(2, 1, 3, dtype=torch.long),
+                             slot_ids=torch.tensor([[[0, 1, 2]], [[2, -1, -1]]]),
+                             weights=torch.tensor([[[0.5, 0.3, 0.2]], [[1.0, 0.0, 0.0]]]),
+                             slot_times=torch.tensor([3, 40, 95]))
+    distances = AttentionDistances()
+    distances.add(record, window_start=50)
+    metrics = distances.as_metrics()
+    expected = [0.0] * 21
+    expected[6] = 0.5 / 2  # 97 and 60 in [64, 128) and [32, 64)
+    expected[5] = 0.3 / 2
+    expected[2] = 1.2 / 2  # 5 and 6 in [4, 8)
+    assert metrics["attention_distance_hist"] == pytest.approx(expected)
+    assert metrics["old_attention"] == pytest.approx(0.8 / 2)
+    assert metrics["attention_distance_median"] == 4

@@ -39,6 +39,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-slots", type=int, metavar="N",
                         help="text runs, SAB: cap the memory at N slots per stream (default: the run's; 0: the "
                              "whole split), e.g. a larger memory than training used")
+    parser.add_argument("--attention-every", type=int, metavar="N",
+                        help="text runs, SAB: record the attention of every N-th window: how far back the "
+                             "attended slots lie and the share on slots older than the window (default 10; 0: "
+                             "none)")
     parser.add_argument("--chunk", type=int,
                         help="SAB and dense: time steps fed to the model at once (memory holds the slots, not T; "
                              "default 1000)")
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if saved_task(args.run) == "text":
         return run_text(args)
-    for name in ("split", "memory_slots"):
+    for name in ("split", "memory_slots", "attention_every"):
         if getattr(args, name) is not None:
             raise UserError(f"--{name.replace('_', '-')} applies to runs of task 'text' only")
     model, task, model_cfg, train_cfg, state = load_run(args.run)
@@ -105,23 +109,25 @@ def run_text(args: argparse.Namespace) -> int:
     split = args.split or "valid"
     batch = args.batch_size if args.batch_size is not None else train_cfg.batch_size
     memory_slots = args.memory_slots if args.memory_slots is not None else train_cfg.memory_slots
-    if batch < 1 or memory_slots < 0 or args.audit_every < 0:
-        raise UserError(f"need --batch-size >= 1, --memory-slots >= 0 and --audit-every >= 0; got {batch}, "
-                        f"{memory_slots} and {args.audit_every}")
-    if (args.retrieval or args.audit_every or args.memory_slots is not None) and not isinstance(model, SABLSTM):
-        raise UserError("--retrieval, --audit-every and --memory-slots apply to model 'sab' only")
+    sab = isinstance(model, SABLSTM)
+    attention_every = (10 if sab else 0) if args.attention_every is None else args.attention_every
+    if batch < 1 or memory_slots < 0 or args.audit_every < 0 or attention_every < 0:
+        raise UserError(f"need --batch-size >= 1 and --memory-slots, --audit-every, --attention-every >= 0; got "
+                        f"{batch}, {memory_slots}, {args.audit_every} and {attention_every}")
+    if (args.retrieval or args.audit_every or args.memory_slots is not None or attention_every) and not sab:
+        raise UserError("--retrieval, --audit-every, --memory-slots and --attention-every apply to model 'sab' only")
     model.to(resolve_device(args.device))
     rows = []
     for retrieval in args.retrieval or [None]:
         if retrieval is not None:
             model.set_retrieval(retrieval)
         metrics = evaluate_stream(model, train_cfg, corpus.splits[split], batch, memory_slots=memory_slots,
-                                  audit_every=args.audit_every)
+                                  audit_every=args.audit_every, attention_every=attention_every)
         searched = {} if retrieval is None else {"retrieval": retrieval}
         with MetricsLog(Path(args.run) / METRICS_FILE) as log:
             log.write({"split": "eval", "step": int(state["step"]), "data": split, **metrics,
                        "source": "sab-mips eval", "batch_size": batch, "memory_cap": memory_slots, **searched})
-        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not isinstance(v, list))
         print(f"eval {args.run} step={state['step']} {split} of {train_cfg.data}"
               f"{f' retrieval={retrieval}' if retrieval else ''}: {shown}", flush=True)
         rows.append((retrieval or model.config.retrieval, metrics))

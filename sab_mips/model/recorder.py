@@ -47,6 +47,7 @@ class PassRecorder:
         if searches and (self.audit_every or self.audit_from is not None):
             self.exact_index = make_index("exact")
             self.exact_index.reset(batch_size, key_size)
+        self.recording = options.record  # whether ``log`` keeps the record now (``record_from_now``)
         self.steps: list[int] = []
         self.candidates: list[torch.Tensor] = []
         self.selected: list[torch.Tensor] = []
@@ -110,7 +111,7 @@ class PassRecorder:
             if len(self.unblocked) == KEEP_BLOCK:
                 self.kept.append(torch.stack(self.unblocked))
                 self.unblocked = []
-        if not self.options.record:
+        if not self.recording:
             return
         top_w, order = weights.detach().topk(min(width, weights.shape[1]), dim=1)
         ids = candidate_ids.gather(1, order).masked_fill(top_w <= 0, -1)
@@ -118,6 +119,17 @@ class PassRecorder:
         self.candidates.append(candidate_ids)
         self.selected.append(ids)
         self.weights.append(top_w.clamp(min=0))
+
+    def record_from_now(self, on: bool) -> None:
+        """Keep (or stop keeping) the attention record from the next attention step on, e.g. for a sample of
+        a stream's windows (a record of every step of a long stream would grow without bound)."""
+        self.recording = on
+
+    def take_record(self, slot_times: list[int]) -> AttentionRecord:
+        """The record kept so far (``attention_record``); the recorder lets go of it."""
+        record = self.attention_record(slot_times)
+        self.steps, self.candidates, self.selected, self.weights = [], [], [], []
+        return record
 
     def take_candidates(self) -> torch.Tensor | None:
         """Every kept candidate id so far, (S, B, C) int32 (None if none were kept); the recorder lets go."""

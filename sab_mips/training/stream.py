@@ -92,8 +92,9 @@ class StreamRunner:
         """The function giving a slot's index key under today's weights (for re-keying)."""
         return self.model.layer.scorer.projection().key
 
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, W, V) of the window x (B, W, V), continuing the streams."""
+    def step(self, x: torch.Tensor, record: bool = False) -> torch.Tensor:
+        """Logits (B, W, V) of the window x (B, W, V), continuing the streams; ``record``: keep this window's
+        attention record (SAB; ``state.recorder.take_record``)."""
         if not self.sab:
             logits, self.state = self.model.stream(x, self.state)
             return logits
@@ -105,6 +106,7 @@ class StreamRunner:
             state = fresh
         if self.audits:
             self._schedule_audits(state, x.shape[1])
+        state.recorder.record_from_now(record)
         logits, self.state = self.model.stream(x, state)
         return logits
 
@@ -175,15 +177,51 @@ class StreamRunner:
         self.state = state
 
 
+DISTANCE_BINS = 21  # attention distances in powers of two: [1, 2), [2, 4), ..., [2^20, inf)
+
+
+class AttentionDistances:
+    """Where a stream's attention goes: the weight on attended slots by how far back they were written
+    (log2 bins, ``DISTANCE_BINS``), and the share on slots written before the current window."""
+
+    def __init__(self) -> None:
+        self.histogram = torch.zeros(DISTANCE_BINS, dtype=torch.float64)
+        self.before_window = 0.0
+
+    def add(self, record, window_start: int) -> None:
+        """One window's ``AttentionRecord`` (steps (S,), slot_ids and weights (S, B, K), slot_times (N,))."""
+        if record.steps.numel() == 0:
+            return
+        valid = record.slot_ids >= 0
+        written = record.slot_times[record.slot_ids.clamp(min=0)]  # (S, B, K)
+        distance = (record.steps.view(-1, 1, 1) - written).clamp(min=1)
+        bins = distance.double().log2().floor().long().clamp(max=DISTANCE_BINS - 1)
+        weights = (record.weights.double() * valid)
+        self.histogram += torch.zeros(DISTANCE_BINS, dtype=torch.float64).index_add_(0, bins.view(-1),
+                                                                                     weights.view(-1))
+        self.before_window += float((weights * (written < window_start)).sum())
+
+    def as_metrics(self) -> dict[str, Any]:
+        total = float(self.histogram.sum())
+        if total == 0:
+            return {}
+        share = self.histogram / total
+        median_bin = int((share.cumsum(0) >= 0.5).nonzero()[0])
+        return {"old_attention": self.before_window / total, "attention_distance_median": 2 ** median_bin,
+                "attention_distance_hist": [round(float(v), 6) for v in share]}
+
+
 @torch.no_grad()
 def evaluate_stream(model: torch.nn.Module, cfg: TrainConfig, ids: torch.Tensor, batch: int,
-                    memory_slots: int | None = None, max_chars: int = 0, audit_every: int = 0) -> dict[str, float]:
+                    memory_slots: int | None = None, max_chars: int = 0, audit_every: int = 0,
+                    attention_every: int = 0) -> dict[str, Any]:
     """Bits per character of ``ids`` (a whole split, 1-D) streamed through the model in ``batch`` streams
     and windows of ``cfg.window``, the state and memory carried as in training (``memory_slots``: another
     cap than training's, 0 for none); ``max_chars``: only the first characters of each stream (0: all).
 
     Returns ``loss`` (nats), ``bpc``, ``chars`` (characters scored), ``memory_slots`` (slots per stream at
-    the end), ``ms_per_step`` and, with ``audit_every``, the audited ``recall`` against today's keys."""
+    the end), ``ms_per_step`` and, with ``audit_every``, the audited ``recall`` against today's keys; with
+    ``attention_every`` (SAB), the attention of every n-th window by distance (``AttentionDistances``)."""
     was_training = model.training
     model.eval()
     param = next(model.parameters())
@@ -192,12 +230,16 @@ def evaluate_stream(model: torch.nn.Module, cfg: TrainConfig, ids: torch.Tensor,
         rows = rows[:, : max(cfg.window + 1, max_chars // batch)]
     eval_cfg = cfg.replace(audit_every=audit_every)
     runner = StreamRunner(model, eval_cfg, batch, memory_slots=memory_slots, audits=bool(audit_every))
-    nats, count, seconds, audited = 0.0, 0, 0.0, []
+    distances = AttentionDistances() if attention_every and runner.sab else None
+    nats, count, seconds = 0.0, 0, 0.0
     for w in range(windows_per_pass(rows.shape[1], cfg.window)):
         x, y = window(rows, w * cfg.window, cfg.window)
         x, y = one_hot(x, model.config.input_size, param.dtype).to(param.device), y.to(param.device)
+        sampled = distances is not None and w % attention_every == 0
         start = time.perf_counter()
-        logits = runner.step(x)
+        logits = runner.step(x, record=sampled)
+        if sampled:
+            distances.add(runner.state.recorder.take_record(runner.state.memory.times), w * cfg.window)
         runner.end_window()
         seconds += time.perf_counter() - start
         nats += float(F.cross_entropy(logits.reshape(-1, logits.shape[2]), y.reshape(-1), reduction="sum"))
@@ -209,6 +251,8 @@ def evaluate_stream(model: torch.nn.Module, cfg: TrainConfig, ids: torch.Tensor,
         metrics = runner.state.recorder.stats.as_metrics()
         out["retrieval_seconds"] = metrics["retrieval_seconds"]
         out.update({k: metrics[k] for k in ("recall", "mass_recovered") if k in metrics})
+    if distances is not None:
+        out.update(distances.as_metrics())
     return out
 
 
