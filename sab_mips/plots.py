@@ -1,6 +1,8 @@
 """PNG figures: learning curves from metrics.jsonl, an attention map from one forward pass, the retrieval
 audits of a SAB-MIPS run, several runs overlaid (``sab-mips compare``), a tuning sweep (``sab-mips tune``)
-recall against search time (``sab-mips bench retrieval``) and a run evaluated at other lengths (``sab-mips eval``).
+recall against search time (``sab-mips bench retrieval``), a run evaluated at other lengths (``sab-mips eval``),
+and streaming runs (task text): bits per character, time per step against memory size, recall, and how far
+back the attention goes.
 
 Matplotlib runs on the Agg backend (files only, no screen), so plotting works on headless machines and CI.
 
@@ -286,3 +288,43 @@ def plot_long_sequences(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax_mem.set(xscale="log", yscale="log", xlabel="T (time steps)", ylabel="peak resident memory (GiB)",
                title="peak memory of one update")
     return _finish(fig, (ax_time, ax_mem), path, "one training update, full sequence", dpi=100)
+
+
+def plot_streams(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "", smooth: int = 50) -> Path:
+    """Streaming runs (task text) overlaid, one line per run (``runs``: label -> metrics.jsonl lines): training
+    bits per character (running mean over ``smooth`` windows) against updates and against wall-clock time,
+    time per step against the slots each stream holds, and the audited recall against today's keys."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    (by_step, by_time), (by_slots, recall) = axes
+    for label, records in runs.items():
+        train = [r for r in records if r.get("split") == "train"]
+        if not train:
+            continue
+        bpc = _running_mean([r["bpc"] for r in train], smooth)
+        line, = by_step.plot([r["step"] for r in train], bpc, label=label, lw=1)
+        by_time.plot([r["wall_time"] / 60 for r in train], bpc, color=line.get_color(), lw=1, label=label)
+        if any(r["memory_slots"] for r in train):
+            by_slots.plot([r["memory_slots"] for r in train], _running_mean([r["ms_per_step"] for r in train], smooth),
+                          color=line.get_color(), lw=1, label=label)
+        audited = [r for r in train if "recall" in r]
+        if audited:
+            recall.plot([r["step"] for r in audited], [r["recall"] for r in audited], ".-", color=line.get_color(),
+                        ms=3, lw=0.5, label=label)
+    by_step.set(xlabel="update", ylabel=f"training bits per character (mean of {smooth})")
+    by_time.set(xlabel="wall-clock minutes", ylabel=f"training bits per character (mean of {smooth})")
+    by_slots.set(xlabel="memory slots per stream", ylabel=f"ms per step (mean of {smooth})")
+    recall.set(xlabel="update", ylabel="audited recall@k_top (today's keys)")
+    return _finish(fig, axes.ravel(), path, title, dpi=110)
+
+
+def plot_attention_distances(histograms: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
+    """The share of attention weight by how far back the attended slot was written (log2 bins: bin i holds
+    distances in [2^i, 2^(i+1))), one bar group per label (e.g. ``sab-mips eval`` of several text runs)."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(1, len(histograms))
+    for n, (label, shares) in enumerate(histograms.items()):
+        ax.bar([i + n * width for i in range(len(shares))], shares, width=width, label=label)
+    bins = len(next(iter(histograms.values()), []))
+    ax.set_xticks(range(bins), [f"2^{i}" for i in range(bins)], rotation=60, fontsize=8)
+    ax.set(xlabel="steps back to the attended slot (lower edge of the bin)", ylabel="share of attention weight")
+    return _finish(fig, [ax], path, title, dpi=110)

@@ -191,6 +191,8 @@ def test_cli_trains_evaluates_and_samples_a_text_run(tmp_path, text_file, capsys
     assert evals[0]["bpc"] == evals[1]["bpc"]  # two exact searches: the same candidates
     assert sum(evals[0]["attention_distance_hist"]) == pytest.approx(1.0) and 0 <= evals[0]["old_attention"] <= 1
     assert f"bpc={evals[0]['bpc']:.4f}" in printed and "test of" in printed
+    assert main(["plot", "--run", str(run)]) == 0
+    assert (run / "stream.png").stat().st_size > 0 and (run / "attention_distances.png").stat().st_size > 0
     samples = []
     for _ in range(2):
         assert main(["generate", "--run", str(run), "--prompt", "the lord said", "--chars", "40", "--seed", "3"]) == 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..devices import resolve_device, set_threads
@@ -10,7 +9,7 @@ from ..errors import UserError
 from ..corpora import SPLITS
 from ..model import SABLSTM
 from ..training import evaluate, load_run
-from ..training.rundir import CONFIG_FILE, METRICS_FILE, MetricsLog
+from ..training.rundir import METRICS_FILE, MetricsLog, saved_task
 from ..training.stream import evaluate_stream, load_stream_run
 from .flags import add_compute_flags
 
@@ -134,15 +133,6 @@ def run_text(args: argparse.Namespace) -> int:
     if len(rows) > 1:
         print(comparison_table(rows, "bpc", f"{split} of {train_cfg.data}, {batch} streams:"))
     return 0
-
-
-def saved_task(run_dir: str) -> str | None:
-    """The task of the run in ``run_dir`` from its config.json (None when it has none: ``load_run`` says why)."""
-    path = Path(run_dir) / CONFIG_FILE
-    try:
-        return json.loads(path.read_text()).get("train", {}).get("task")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def comparison_table(rows: list[tuple[str, dict[str, float]]], primary: str, heading: str) -> str:

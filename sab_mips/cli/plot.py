@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ..plots import (plot_attention_map, plot_diagnostics, plot_learning_curves, plot_retrieval, plot_transfer,
-                     transfer_evals)
+from ..plots import (plot_attention_distances, plot_attention_map, plot_diagnostics, plot_learning_curves,
+                     plot_retrieval, plot_streams, plot_transfer, transfer_evals)
 from ..tasks import batch_generator
 from ..training import load_run
-from ..training.rundir import METRICS_FILE, read_metrics
+from ..training.rundir import METRICS_FILE, read_metrics, saved_task
 
 HELP = "learning curves and attention map as PNG"
 MAX_MAP_T = 1000  # the attention map is a dense (T, T) matrix: longer runs are drawn at this length
@@ -26,6 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if saved_task(args.run) == "text":
+        return run_text(args)
     model, task, model_cfg, train_cfg, state = load_run(args.run)
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,3 +55,21 @@ def run(args: argparse.Namespace) -> int:
         attention = record.attention_map(b=0, T=x.shape[1])
         print(f"wrote {plot_attention_map(attention, out / 'attention.png', f'attention, {title}, eval T={T}')}")
     return 0
+
+
+def run_text(args: argparse.Namespace) -> int:
+    """``plot`` of a text run: stream.png (bits per character, time per step against memory, recall) and,
+    once ``sab-mips eval`` recorded where the attention went, attention_distances.png."""
+    records = read_metrics(Path(args.run) / METRICS_FILE)
+    out = Path(args.out) if args.out else Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {plot_streams({Path(args.run).name: records}, out / 'stream.png', title=str(args.run))}")
+    evals = [r for r in records if "attention_distance_hist" in r]
+    if evals:
+        last = evals[-1]
+        label = f"{last.get('data', 'valid')}, step {last['step']}"
+        path = plot_attention_distances({label: last["attention_distance_hist"]}, out / "attention_distances.png",
+                                        title=f"{args.run}: old_attention={last['old_attention']:.3f}")
+        print(f"wrote {path}")
+    return 0
+

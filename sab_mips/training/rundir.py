@@ -152,6 +152,15 @@ def build(model_cfg: SABConfig, train_cfg: TrainConfig) -> tuple[torch.nn.Module
     return build_model(model_cfg), task, model_cfg
 
 
+def saved_task(run_dir: str | Path) -> str | None:
+    """The task of the run in ``run_dir``, read from its config.json (None when there is none or it cannot
+    be read: loading the run then says why)."""
+    try:
+        return json.loads((Path(run_dir) / CONFIG_FILE).read_text()).get("train", {}).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, Task, SABConfig, TrainConfig, dict[str, Any]]:
     """Rebuild a trained model from a run directory: (model, task, model_cfg, train_cfg, checkpoint)."""
     run_dir = Path(run_dir)
