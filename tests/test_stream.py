@@ -193,6 +193,7 @@ def test_cli_trains_evaluates_and_samples_a_text_run(tmp_path, text_file, capsys
     assert f"bpc={evals[0]['bpc']:.4f}" in printed and "test of" in printed
     assert main(["plot", "--run", str(run)]) == 0
     assert (run / "stream.png").stat().st_size > 0 and (run / "attention_distances.png").stat().st_size > 0
+    capsys.readouterr()
     samples = []
     for _ in range(2):
         assert main(["generate", "--run", str(run), "--prompt", "the lord said", "--chars", "40", "--seed", "3"]) == 0
