@@ -32,8 +32,21 @@ def test_a_log_gets_a_line_per_interval_not_per_update(monkeypatch):
     assert stream.getvalue() == ""  # within LOG_INTERVAL: nothing yet
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
     bar.update(6, 6.0, loss="0.4")
-    assert stream.getvalue() == "copy T=5 sab: step 6/10, 6 of 60 s, loss=0.4\n"
+    # 6 updates in 6 s: the 4 left take 4 s at that pace (less than what the budget leaves)
+    assert stream.getvalue() == "copy T=5 sab: step 6/10, 6 of 60 s, ETA 4 s, loss=0.4\n"
     bar.close()
+
+
+def test_the_eta_is_this_invocations_pace_capped_by_the_time_budget(monkeypatch):
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
+    stream = io.StringIO()
+    resumed = Progress("copy", steps=100, time_budget=0, step=40, elapsed=400.0, stream=stream)  # a resumed run
+    resumed.update(50, 420.0)  # 10 updates in 20 s: 50 left take 100 s
+    assert ", ETA 100 s" in stream.getvalue()
+    stream = io.StringIO()
+    budgeted = Progress("copy", steps=1000, time_budget=30, step=0, elapsed=0.0, stream=stream)
+    budgeted.update(10, 20.0)  # 990 left would take 1980 s; the budget leaves 10
+    assert ", ETA 10 s" in stream.getvalue()
 
 
 def test_disabled_progress_writes_nothing():

@@ -24,6 +24,7 @@ class Progress:
         self.description, self.steps, self.time_budget = description, steps, time_budget
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
+        self.start_step, self.start_elapsed = step, elapsed  # this invocation's pace gives the ETA of log lines
         self.bar: tqdm | None = None
         self.last_line = time.perf_counter()
         if enabled and self.stream.isatty():
@@ -48,8 +49,19 @@ class Progress:
     def write_line(self, step: int, elapsed: float, values: dict[str, str]) -> None:
         budget = f" of {self.time_budget:.0f} s" if self.time_budget else " s"
         shown = " ".join(f"{k}={v}" for k, v in values.items())
-        print(f"{self.description}: step {step}/{self.steps}, {elapsed:.0f}{budget}, {shown}",
+        print(f"{self.description}: step {step}/{self.steps}, {elapsed:.0f}{budget}{self.eta(step, elapsed)}, {shown}",
               file=self.stream, flush=True)
+
+    def eta(self, step: int, elapsed: float) -> str:
+        """", ETA N s": the time left at this invocation's pace (updates per second since it started), or at
+        most what the time budget leaves; "" before the pace is known."""
+        done, spent = step - self.start_step, elapsed - self.start_elapsed
+        if done <= 0 or spent <= 0:
+            return ""
+        left = (self.steps - step) * spent / done
+        if self.time_budget:
+            left = min(left, max(0.0, self.time_budget - elapsed))
+        return f", ETA {left:.0f} s"
 
     def close(self) -> None:
         if self.bar is not None:
