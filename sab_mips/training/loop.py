@@ -38,16 +38,17 @@ from ..errors import UserError
 from ..model import MIPS_SCORERS, SABLSTM, PassOptions, SABConfig
 from ..tasks import batch_generator
 from .audit import audited_pass, exact_gradient_cosine
-from .config import ENGINE_MIN_STEPS, TrainConfig, learning_rate, train_length
+from .config import ENGINE_MIN_STEPS, TrainConfig, train_length
 from .distributed import Distributed
 from .evaluate import evaluate
 from .memories import dump_memories
 from .numerics import flush_denormals
-from .progress import Progress
 from .rng import replaying, rng_state
+from .schedule import run_updates
 from .stream import StreamTrainer
-from .rundir import (CHECKPOINT_FILE, METRICS_FILE, MetricsLog, build, check_resume, load_checkpoint, read_metrics,
-                     save_checkpoint, save_config, truncate_metrics, warm_start)
+from .rundir import (CHECKPOINT_FILE, METRICS_FILE, MetricsLog, build, read_metrics, refuse_existing_run,
+                     resume_checkpoint, save_checkpoint, save_config, start_run_dir, truncate_metrics, warm_start)
+from .update import optimizer_step
 
 
 class Trainer:
@@ -110,27 +111,17 @@ class Trainer:
         return self.run_dir / CHECKPOINT_FILE
 
     def _start(self) -> None:
-        if self.checkpoint_path.exists():
-            raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
-                            f"or choose another --run-dir")
+        refuse_existing_run(self.run_dir)  # in every process, and before a warm start can fail
         if self.train_cfg.init_from is not None:
             warm_start(self.model, self.optimizer, self.model_cfg, self.train_cfg.init_from)
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+            start_run_dir(self.run_dir)
 
     def _resume(self) -> None:
-        if not self.checkpoint_path.is_file():
-            raise UserError(f"cannot resume: no checkpoint in {self.run_dir}")
-        state = load_checkpoint(self.checkpoint_path)
-        check_resume(state, self.model_cfg, self.train_cfg, self.run_dir)
-        self.model.load_state_dict(state["model_state"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
+        state = resume_checkpoint(self.run_dir, self.model, self.optimizer, self.model_cfg, self.train_cfg)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.skipped = int(state.get("skipped_updates", 0))
         self.saved_step = self.step
-        if state.get("rng_state") is not None:
-            torch.set_rng_state(state["rng_state"])
         if state.get("cuda_rng_state") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng_state"], self.device)
         if self.dist.is_main:
@@ -205,24 +196,14 @@ class Trainer:
         self._backward(x, y, PassOptions(retrieval="exact"))
 
     def _apply(self, extra: dict[str, float]) -> tuple[torch.Tensor, float]:
-        """Clip the gradient and take the optimiser step (skipped when the gradient is not finite); adds the
-        parameter and update norms to ``extra``; returns the gradient norm and the learning rate."""
-        model = self.model
-        # max_norm=inf still returns the norm, which is worth logging even without clipping.
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.train_cfg.grad_clip or float("inf"))
-        # SAB's normalised sparsifier has gradients ~1/gap when the top K+1 scores nearly tie, and they
-        # can overflow; an update with a non-finite gradient is skipped (and counted), never applied.
-        lr = learning_rate(self.train_cfg, self.step)
-        before = parameter_vector(model)
-        if bool(torch.isfinite(grad_norm)):
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-        else:
-            self.skipped += 1
+        """The optimiser step (``optimizer_step``); adds the parameter and update norms to ``extra``; returns
+        the gradient norm and the learning rate."""
+        before = parameter_vector(self.model)
+        grad_norm, lr, applied = optimizer_step(self.model, self.optimizer, self.train_cfg, self.step)
+        self.skipped += not applied
         # How far the update moved the weights. Adam's step stays lr-sized when the gradients shrink once a
         # task is learned (grad_norm falls a thousandfold, update_norm does not): the drift shows here.
-        after = parameter_vector(model)
+        after = parameter_vector(self.model)
         extra["param_norm"], extra["update_norm"] = float(after.norm()), float((after - before).norm())
         return grad_norm, lr
 
@@ -260,27 +241,15 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until ``steps`` updates or ``time_budget`` seconds; evaluate and checkpoint at the end."""
         cfg, primary = self.train_cfg, self.task.primary
-        stopped = "steps"
         self.model.train()
         draw = " log-uniform" if cfg.T_draw == "log-uniform" else ""
         lengths = f"{cfg.T_min}-{cfg.T}{draw}" if cfg.T_min is not None else f"{cfg.T}"
         description = f"{self.task.name} T={lengths} {self.model_cfg.model}"
         try:
-            with Progress(description, cfg.steps, cfg.time_budget, self.step, self.elapsed, self.progress) as bar:
-                while self.step < cfg.steps:
-                    if self.dist.agree(bool(cfg.time_budget) and self.elapsed >= cfg.time_budget, self.device):
-                        stopped = "time_budget"
-                        break
-                    line = self.train_step()
-                    bar.update(self.step, self.elapsed, loss=f"{line['loss']:.4f}", **{primary: f"{line[primary]:.3f}"})
-                    if self.step % cfg.eval_every == 0:
-                        self.evaluate()
-                    if self.step % cfg.checkpoint_every == 0:
-                        self.checkpoint()
-                if self.last_eval_step != self.step:
-                    self.evaluate()
-                if self.saved_step != self.step:
-                    self.checkpoint()
+            stopped = run_updates(
+                self, description,
+                lambda line: {"loss": f"{line['loss']:.4f}", primary: f"{line[primary]:.3f}"},
+                lambda: self.dist.agree(bool(cfg.time_budget) and self.elapsed >= cfg.time_budget, self.device))
         finally:
             if self.log is not None:
                 self.log.close()

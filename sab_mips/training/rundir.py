@@ -152,6 +152,37 @@ def build(model_cfg: SABConfig, train_cfg: TrainConfig) -> tuple[torch.nn.Module
     return build_model(model_cfg), task, model_cfg
 
 
+def refuse_existing_run(run_dir: Path) -> None:
+    """UserError if ``run_dir`` already holds a run (a new run must not overwrite it)."""
+    if (run_dir / CHECKPOINT_FILE).exists():
+        raise UserError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
+                        f"or choose another --run-dir")
+
+
+def start_run_dir(run_dir: Path) -> None:
+    """Prepare the directory of a new run: refuse one that already holds a run, create it, and start its
+    metrics log empty."""
+    refuse_existing_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+
+
+def resume_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      model_cfg: SABConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """Load the checkpoint of the run in ``run_dir`` into ``model`` and ``optimizer`` after checking that the
+    requested configs may resume it (``check_resume``), and restore torch's RNG; returns the checkpoint."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"cannot resume: no checkpoint in {run_dir}")
+    state = load_checkpoint(path)
+    check_resume(state, model_cfg, train_cfg, run_dir)
+    model.load_state_dict(state["model_state"])
+    optimizer.load_state_dict(state["optimizer_state"])
+    if state.get("rng_state") is not None:
+        torch.set_rng_state(state["rng_state"])
+    return state
+
+
 def saved_task(run_dir: str | Path) -> str | None:
     """The task of the run in ``run_dir``, read from its config.json (None when there is none or it cannot
     be read: loading the run then says why)."""

@@ -43,11 +43,12 @@ from ..model import SABConfig, SABLSTM, build_model
 from ..model.options import PassOptions
 from ..model.state import SABState
 from ..ops.memory import SlotMemory
-from .config import TrainConfig, learning_rate
+from .config import TrainConfig
 from .numerics import flush_denormals
-from .progress import Progress
-from .rundir import (CHECKPOINT_FILE, METRICS_FILE, MetricsLog, check_resume, load_checkpoint, save_checkpoint,
-                     save_config, saved_configs, truncate_metrics)
+from .rundir import (CHECKPOINT_FILE, METRICS_FILE, MetricsLog, load_checkpoint, resume_checkpoint, save_checkpoint,
+                     save_config, saved_configs, start_run_dir, truncate_metrics)
+from .schedule import run_updates
+from .update import optimizer_step
 
 STREAM_MODELS = ("sab", "lstm", "tbptt")
 VOCABULARY_FILE = "vocabulary.json"
@@ -310,7 +311,7 @@ class StreamTrainer:
         if resume:
             self._resume()
         else:
-            self._start()
+            start_run_dir(self.run_dir)
         save_config(self.run_dir, self.model_cfg, self.train_cfg)
         vocab_path.write_text(self.corpus.vocabulary.to_json())
         self.log = MetricsLog(self.run_dir / METRICS_FILE)
@@ -320,28 +321,14 @@ class StreamTrainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_FILE
 
-    def _start(self) -> None:
-        if self.checkpoint_path.exists():
-            raise UserError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
-                            f"or choose another --run-dir")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
-
     def _resume(self) -> None:
-        if not self.checkpoint_path.is_file():
-            raise UserError(f"cannot resume: no checkpoint in {self.run_dir}")
-        saved = load_checkpoint(self.checkpoint_path)
-        check_resume(saved, self.model_cfg, self.train_cfg, self.run_dir)
-        self.model.load_state_dict(saved["model_state"])
-        self.optimizer.load_state_dict(saved["optimizer_state"])
+        saved = resume_checkpoint(self.run_dir, self.model, self.optimizer, self.model_cfg, self.train_cfg)
         self.step, self.elapsed = int(saved["step"]), float(saved["elapsed"])
         self.skipped = int(saved.get("skipped_updates", 0))
         self.last_recall = saved.get("last_recall")
         self.runner.refresh_seconds = float(saved.get("refresh_seconds", 0.0))
         self.saved_step = self.step
-        torch.set_rng_state(saved["rng_state"])
-        param = next(self.model.parameters())
-        self.runner.load_state_dict(saved["stream_state"], param)
+        self.runner.load_state_dict(saved["stream_state"], next(self.model.parameters()))
         truncate_metrics(self.run_dir / METRICS_FILE, self.step)
 
     def _tick(self) -> None:
@@ -372,14 +359,8 @@ class StreamTrainer:
             runner.state.recorder.stats = type(stats)(audits=stats.audits)  # per-window sums
         else:
             audit_seconds = 0.0
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        lr = learning_rate(cfg, self.step)
-        if bool(torch.isfinite(grad_norm)):
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-        else:
-            self.skipped += 1
+        grad_norm, lr, applied = optimizer_step(model, self.optimizer, cfg, self.step)
+        self.skipped += not applied
         refresh = self._refresh_due(w)
         before = runner.refresh_seconds
         runner.end_window(refresh=refresh)
@@ -432,25 +413,12 @@ class StreamTrainer:
     def run(self) -> dict[str, Any]:
         """Train until ``steps`` updates or ``time_budget`` seconds; evaluate and checkpoint at the end."""
         cfg = self.train_cfg
-        stopped = "steps"
         self.model.train()
         description = f"text {cfg.data} W={cfg.window} {self.model_cfg.model}"
         try:
-            with Progress(description, cfg.steps, cfg.time_budget, self.step, self.elapsed, self.progress) as bar:
-                while self.step < cfg.steps:
-                    if cfg.time_budget and self.elapsed >= cfg.time_budget:
-                        stopped = "time_budget"
-                        break
-                    line = self.train_step()
-                    bar.update(self.step, self.elapsed, bpc=f"{line['bpc']:.3f}", slots=str(line["memory_slots"]))
-                    if self.step % cfg.eval_every == 0:
-                        self.evaluate()
-                    if self.step % cfg.checkpoint_every == 0:
-                        self.checkpoint()
-                if self.last_eval_step != self.step:
-                    self.evaluate()
-                if self.saved_step != self.step:
-                    self.checkpoint()
+            stopped = run_updates(self, description,
+                                  lambda line: {"bpc": f"{line['bpc']:.3f}", "slots": str(line["memory_slots"])},
+                                  lambda: bool(cfg.time_budget) and self.elapsed >= cfg.time_budget)
         finally:
             self.log.close()
         self._tick()
