@@ -172,9 +172,9 @@ class StreamRunner:
         state.memory = SlotMemory.of_constants(saved["values"].to(like.device), saved["times"])
         if saved["index"] is not None:
             state.index.load_state_dict(saved["index"])
-        if saved["reference"] is not None:
+        if saved["reference"] is not None and state.recorder.exact_index is not None:  # else: not audited now
             state.recorder.exact_index.load_state_dict(saved["reference"])
-        state.recorder.audit_every = saved["audit_every"]
+            state.recorder.audit_every = saved["audit_every"]
         self.state = state
 
 
