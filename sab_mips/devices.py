@@ -1,5 +1,8 @@
-"""Choosing the device a run computes on (and its CPU threads), with a clear error when it is not there."""
+"""Choosing the device a run computes on (and its CPU threads), with a clear error when it is not there; the
+process's resident memory (what the benchmarks and the streaming metrics report)."""
 from __future__ import annotations
+
+import resource
 
 import torch
 
@@ -47,3 +50,29 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (timings on CUDA must, or they measure only the launches)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _status_gib(field: str) -> float | None:
+    """A memory field (kB) of ``/proc/self/status`` in GiB; None where there is no such file (not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024 / 2**30
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_gib() -> float:
+    """This program's peak resident memory so far, GiB: ``VmHWM`` of ``/proc/self/status`` where there is one
+    (Linux), else ``ru_maxrss`` (KiB on Linux). Not ``ru_maxrss`` first: a child started by (v)fork and exec
+    inherits its parent's peak in it, so a row would read the parent's peak wherever that is the higher."""
+    peak = _status_gib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+
+
+def rss_gib() -> float | None:
+    """This program's resident memory now, GiB (``VmRSS``; None where it cannot be read)."""
+    return _status_gib("VmRSS")
+

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from sab_mips import SABConfig, TrainConfig
-from sab_mips.bench.long import fit_from, peak_rss_gib, projected, run_child
+from sab_mips.bench.long import fit_from, projected, run_child
+from sab_mips.devices import peak_rss_gib
 from sab_mips.cli import main
 from sab_mips.training import train
 

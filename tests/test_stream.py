@@ -18,7 +18,7 @@ from sab_mips.training.rundir import load_checkpoint, read_metrics
 from sab_mips.model.record import AttentionRecord
 from sab_mips.training.stream import AttentionDistances, StreamRunner, evaluate_stream, one_hot
 
-TIMING = ("wall_time", "sec_per_update", "ms_per_step", "retrieval_seconds", "refresh_seconds")
+TIMING = ("wall_time", "sec_per_update", "ms_per_step", "retrieval_seconds", "refresh_seconds", "rss_gib")
 
 
 @pytest.fixture(scope="module")

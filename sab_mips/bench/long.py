@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..devices import DEVICE_HELP, resolve_device, synchronize
+from ..devices import DEVICE_HELP, peak_rss_gib, resolve_device, synchronize
 from ..model import PRESETS, PassOptions, SABConfig, build_model
 from ..plots import plot_long_sequences
 from ..tasks import batch_generator, get_task
@@ -123,20 +122,6 @@ def audit_pass(model: torch.nn.Module, x: torch.Tensor, chunk: int, every: int) 
     return {"recall": metrics.get("recall"), "mass_recovered": metrics.get("mass_recovered"), "audits": stats.audits,
             "audit_pass_seconds": seconds, "audit_seconds": metrics["audit_seconds"],
             "peak_with_audit_gib": peak_rss_gib()}
-
-
-def peak_rss_gib() -> float:
-    """This program's peak resident memory so far, GiB: ``VmHWM`` of ``/proc/self/status`` where there is one
-    (Linux), else ``ru_maxrss`` (KiB on Linux). Not ``ru_maxrss`` first: a child started by (v)fork and exec
-    inherits its parent's peak in it, so a row would read the parent's peak wherever that is the higher."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 2**30  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
 
 
 def run_child(model_name: str, T: int, args: argparse.Namespace, argv: list[str]) -> dict:

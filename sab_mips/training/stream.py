@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..corpora import Corpus, Vocabulary, load_corpus, streams, window, windows_per_pass
+from ..devices import rss_gib
 from ..errors import UserError
 from ..model import SABConfig, SABLSTM, build_model
 from ..model.options import PassOptions
@@ -373,7 +374,7 @@ class StreamTrainer:
                   "loss": loss, "bpc": loss * BITS_PER_NAT, "memory_slots": runner.memory_size,
                   "grad_norm": float(grad_norm), "lr": lr, "skipped_updates": self.skipped, **extra,
                   "wall_time": self.elapsed, "sec_per_update": seconds,
-                  "ms_per_step": 1e3 * seconds / cfg.window}
+                  "ms_per_step": 1e3 * seconds / cfg.window, "rss_gib": rss_gib()}
         self.log.write(record)
         return record
 
