@@ -177,6 +177,10 @@ def test_text_options_are_refused_where_they_do_nothing(tmp_path, text_file, cap
 
 
 def test_cli_trains_evaluates_and_samples_a_text_run(tmp_path, text_file, capsys):
+    def error_line(argv):
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
     run = tmp_path / "run"
     assert main(["train", "--task", "text", "--data", str(text_file), "--window", "20", "--batch-size", "2",
                  "--model", "sab", "--hidden-size", "8", "--k-top", "2", "--k-att", "3", "--k-trunc", "5",
@@ -191,6 +195,14 @@ def test_cli_trains_evaluates_and_samples_a_text_run(tmp_path, text_file, capsys
     assert evals[0]["bpc"] == evals[1]["bpc"]  # two exact searches: the same candidates
     assert sum(evals[0]["attention_distance_hist"]) == pytest.approx(1.0) and 0 <= evals[0]["old_attention"] <= 1
     assert f"bpc={evals[0]['bpc']:.4f}" in printed and "test of" in printed
+    assert main(["eval", "--run", str(run), "--split", "test", "--memory-from", "training"]) == 0
+    continued = [r for r in read_metrics(run / "metrics.jsonl") if r.get("memory_from") == "training"][-1]
+    slots_after_training = load_checkpoint(run / "checkpoint.pt")["stream_state"]["values"].shape[1]
+    fresh = [r for r in evals if r["retrieval"] == "exact"][0]
+    assert continued["memory_slots"] == slots_after_training + fresh["memory_slots"]  # the training memory, then the test
+    assert continued["bpc"] != fresh["bpc"]
+    assert "--memory-from training continues" in error_line(["eval", "--run", str(run), "--memory-from", "training",
+                                                             "--batch-size", "3"])
     assert main(["plot", "--run", str(run)]) == 0
     assert (run / "stream.png").stat().st_size > 0 and (run / "attention_distances.png").stat().st_size > 0
     capsys.readouterr()

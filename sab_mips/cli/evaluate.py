@@ -38,6 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-slots", type=int, metavar="N",
                         help="text runs, SAB: cap the memory at N slots per stream (default: the run's; 0: the "
                              "whole split), e.g. a larger memory than training used")
+    parser.add_argument("--memory-from", choices=("empty", "training"),
+                        help="text runs: stream the split from an empty state (default), or continue the "
+                             "checkpoint's training streams, (h, c) and memory (slots written with the weights "
+                             "of their time)")
     parser.add_argument("--attention-every", type=int, metavar="N",
                         help="text runs, SAB: record the attention of every N-th window: how far back the "
                              "attended slots lie and the share on slots older than the window (default 10; 0: "
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if saved_task(args.run) == "text":
         return run_text(args)
-    for name in ("split", "memory_slots", "attention_every"):
+    for name in ("split", "memory_slots", "attention_every", "memory_from"):
         if getattr(args, name) is not None:
             raise UserError(f"--{name.replace('_', '-')} applies to runs of task 'text' only")
     model, task, model_cfg, train_cfg, state = load_run(args.run)
@@ -107,6 +111,9 @@ def run_text(args: argparse.Namespace) -> int:
     model, corpus, train_cfg, state = load_stream_run(args.run)
     split = args.split or "valid"
     batch = args.batch_size if args.batch_size is not None else train_cfg.batch_size
+    if args.memory_from == "training" and batch != train_cfg.batch_size:
+        raise UserError(f"--memory-from training continues the run's {train_cfg.batch_size} streams: leave "
+                        f"--batch-size out")
     memory_slots = args.memory_slots if args.memory_slots is not None else train_cfg.memory_slots
     sab = isinstance(model, SABLSTM)
     attention_every = (10 if sab else 0) if args.attention_every is None else args.attention_every
@@ -120,12 +127,14 @@ def run_text(args: argparse.Namespace) -> int:
     for retrieval in args.retrieval or [None]:
         if retrieval is not None:
             model.set_retrieval(retrieval)
+        start = state["stream_state"] if args.memory_from == "training" else None
         metrics = evaluate_stream(model, train_cfg, corpus.splits[split], batch, memory_slots=memory_slots,
-                                  audit_every=args.audit_every, attention_every=attention_every)
+                                  audit_every=args.audit_every, attention_every=attention_every, start=start)
         searched = {} if retrieval is None else {"retrieval": retrieval}
         with MetricsLog(Path(args.run) / METRICS_FILE) as log:
             log.write({"split": "eval", "step": int(state["step"]), "data": split, **metrics,
-                       "source": "sab-mips eval", "batch_size": batch, "memory_cap": memory_slots, **searched})
+                       "source": "sab-mips eval", "batch_size": batch, "memory_cap": memory_slots,
+                       "memory_from": args.memory_from or "empty", **searched})
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not isinstance(v, list))
         print(f"eval {args.run} step={state['step']} {split} of {train_cfg.data}"
               f"{f' retrieval={retrieval}' if retrieval else ''}: {shown}", flush=True)

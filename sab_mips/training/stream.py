@@ -139,6 +139,11 @@ class StreamRunner:
             self.refresh_seconds += state.rekey(self.key_of())
 
     @property
+    def steps_done(self) -> int:
+        """Steps the SAB state has done (the global step of the next window's first step; 0 otherwise)."""
+        return self.state.t if self.sab and self.state is not None else 0
+
+    @property
     def memory_size(self) -> int:
         """Slots each stream holds now (0 for models without a memory)."""
         return self.state.memory.size if self.sab and self.state is not None else 0
@@ -171,8 +176,10 @@ class StreamRunner:
         state.h, state.c = saved["h"].to(like.device), saved["c"].to(like.device)
         state.t, state.attention_steps = saved["t"], saved["attention_steps"]
         state.memory = SlotMemory.of_constants(saved["values"].to(like.device), saved["times"])
-        if saved["index"] is not None:
+        if saved["index"] is not None and saved["index"]["factory"] == str(state.index):
             state.index.load_state_dict(saved["index"])
+        elif state.index is not None:  # searched with another index now: one over today's keys
+            self.refresh_seconds += state.rekey(self.key_of())
         if saved["reference"] is not None and state.recorder.exact_index is not None:  # else: not audited now
             state.recorder.exact_index.load_state_dict(saved["reference"])
             state.recorder.audit_every = saved["audit_every"]
@@ -216,14 +223,16 @@ class AttentionDistances:
 @torch.no_grad()
 def evaluate_stream(model: torch.nn.Module, cfg: TrainConfig, ids: torch.Tensor, batch: int,
                     memory_slots: int | None = None, max_chars: int = 0, audit_every: int = 0,
-                    attention_every: int = 0) -> dict[str, Any]:
+                    attention_every: int = 0, start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Bits per character of ``ids`` (a whole split, 1-D) streamed through the model in ``batch`` streams
     and windows of ``cfg.window``, the state and memory carried as in training (``memory_slots``: another
     cap than training's, 0 for none); ``max_chars``: only the first characters of each stream (0: all).
 
     Returns ``loss`` (nats), ``bpc``, ``chars`` (characters scored), ``memory_slots`` (slots per stream at
     the end), ``ms_per_step`` and, with ``audit_every``, the audited ``recall`` against today's keys; with
-    ``attention_every`` (SAB), the attention of every n-th window by distance (``AttentionDistances``)."""
+    ``attention_every`` (SAB), the attention of every n-th window by distance (``AttentionDistances``).
+    ``start``: a state to continue from (``StreamRunner.state_dict``, e.g. a checkpoint's ``stream_state``:
+    the memory of the training stream) instead of an empty one; ``batch`` must then be the training's."""
     was_training = model.training
     model.eval()
     param = next(model.parameters())
@@ -232,18 +241,21 @@ def evaluate_stream(model: torch.nn.Module, cfg: TrainConfig, ids: torch.Tensor,
         rows = rows[:, : max(cfg.window + 1, max_chars // batch)]
     eval_cfg = cfg.replace(audit_every=audit_every)
     runner = StreamRunner(model, eval_cfg, batch, memory_slots=memory_slots, audits=bool(audit_every))
+    if start is not None:
+        runner.load_state_dict(start, param)
     distances = AttentionDistances() if attention_every and runner.sab else None
     nats, count, seconds = 0.0, 0, 0.0
     for w in range(windows_per_pass(rows.shape[1], cfg.window)):
         x, y = window(rows, w * cfg.window, cfg.window)
         x, y = one_hot(x, model.config.input_size, param.dtype).to(param.device), y.to(param.device)
         sampled = distances is not None and w % attention_every == 0
-        start = time.perf_counter()
+        window_start = runner.steps_done
+        began = time.perf_counter()
         logits = runner.step(x, record=sampled)
         if sampled:
-            distances.add(runner.state.recorder.take_record(runner.state.memory.times), w * cfg.window)
+            distances.add(runner.state.recorder.take_record(runner.state.memory.times), window_start)
         runner.end_window()
-        seconds += time.perf_counter() - start
+        seconds += time.perf_counter() - began
         nats += float(F.cross_entropy(logits.reshape(-1, logits.shape[2]), y.reshape(-1), reduction="sum"))
         count += y.numel()
     model.train(was_training)
