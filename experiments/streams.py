@@ -35,11 +35,13 @@ def label(run: Path) -> str:
     return run.stem if run.suffix == ".jsonl" else run.name
 
 
-def mean_before(train: list[dict], key: str, where) -> float | None:
-    """Mean of ``key`` over the SMOOTH train lines before the first line where ``where(line)`` fails."""
-    upto = [r for r in train if where(r)]
-    tail = [r[key] for r in upto[-SMOOTH:] if key in r]
-    return statistics.fmean(tail) if len(upto) >= SMOOTH and tail else None
+def mean_until(train: list[dict], key: str, field: str, limit: float) -> float | None:
+    """Mean of ``key`` over the SMOOTH train lines up to the last with ``field`` <= ``limit`` (None when the
+    run has not reached ``limit``, or has fewer lines)."""
+    if not train or train[-1][field] < limit:
+        return None
+    upto = [r[key] for r in train if r[field] <= limit]
+    return statistics.fmean(upto[-SMOOTH:]) if len(upto) >= SMOOTH else None
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -53,9 +55,9 @@ def row(run: Path, at: list[int], minutes: float | None) -> list[str]:
     valid = [r for r in evals if r.get("data") == "valid" and "source" not in r]
     tests = [r for r in evals if r.get("data") == "test"]
     cells = [label(run)]
-    cells += [fmt(mean_before(train, "bpc", lambda r, s=s: r["step"] <= s)) for s in at]
+    cells += [fmt(mean_until(train, "bpc", "step", s)) for s in at]
     if minutes is not None:
-        cells.append(fmt(mean_before(train, "bpc", lambda r: r["wall_time"] <= 60 * minutes)))
+        cells.append(fmt(mean_until(train, "bpc", "wall_time", 60 * minutes)))
     cells.append(fmt(valid[-1]["bpc"]) if valid else "–")
     cells.append(", ".join(f"{r['bpc']:.3f} ({r.get('retrieval', 'own')}, cap {r.get('memory_cap', 0)})" for r in tests)
                  or "–")
