@@ -61,11 +61,6 @@ def one_hot(ids: torch.Tensor, size: int, dtype: torch.dtype = torch.float32) ->
     return F.one_hot(ids, size).to(dtype)
 
 
-def bits_per_character(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean cross-entropy of logits (B, W, V) against targets (B, W), in bits."""
-    return float(F.cross_entropy(logits.reshape(-1, logits.shape[2]), targets.reshape(-1))) * BITS_PER_NAT
-
-
 class StreamRunner:
     """Carries a model's state along B streams, window by window, under the run's memory rules.
 
@@ -182,7 +177,7 @@ class StreamRunner:
             self.refresh_seconds += state.rekey(self.key_of())
         if saved["reference"] is not None and state.recorder.exact_index is not None:  # else: not audited now
             state.recorder.exact_index.load_state_dict(saved["reference"])
-            state.recorder.audit_every = saved["audit_every"]
+            state.recorder.audit_every_step(saved["audit_every"])
         self.state = state
 
 
