@@ -11,7 +11,8 @@ evaluation (``sab-mips eval``), the updates and wall time, the time per step whi
 re-keying. A value the run does not have is shown as "–". ``figure`` draws ``sab_mips.plots.plot_streams``
 of the runs, and the attention distances of their last evaluation that has them. ``keep`` copies what a
 table and a figure need into the repository (a run directory is not kept): every eval line, every audited
-train line (of a memory carried across windows), and every 10th train line.
+train line (of a memory carried across windows), and every 10th train line (every n-th in a run of more
+than 10,000 updates, so that about a thousand are kept).
 """
 from __future__ import annotations
 
@@ -108,7 +109,10 @@ def cmd_keep(args: argparse.Namespace) -> int:
         # a window-only memory is audited in every window (each starts a fresh state): every 10th line is enough
         config = run / "config.json"
         window_only = config.is_file() and json.loads(config.read_text())["train"].get("memory") == "window"
-        kept = [r for r in records(run) if r.get("split") != "train" or r["step"] % 10 == 0 or r["step"] == 1
+        lines = records(run)
+        updates = max((r["step"] for r in lines if r.get("split") == "train"), default=0)
+        stride = max(10, updates // 1000)  # at most about a thousand plain train lines per run
+        kept = [r for r in lines if r.get("split") != "train" or r["step"] % stride == 0 or r["step"] == 1
                 or ("recall" in r and not window_only)]
         path = out / f"{label(run)}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
