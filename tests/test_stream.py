@@ -82,6 +82,16 @@ def test_memory_cap_and_window_scope(tmp_path, text_file):
     assert sizes == [sum((t + 1) % 3 == 0 for t in range(20 * w, 20 * w + 20)) for w in range(4)]
 
 
+def test_a_window_only_memory_keeps_the_streams_audit_schedule(tmp_path, text_file):
+    """Audits every 30 attention steps: about every 1.5 windows of 20 steps, not in every window because each
+    window starts a fresh memory."""
+    model_cfg, train_cfg = configs(text_file, retrieval="simple-lsh:bits=4,tables=1", memory="window", steps=6,
+                                   audit_every=30)
+    train(model_cfg, train_cfg, tmp_path / "w", progress=False)
+    audited = [r["step"] for r in lines(tmp_path / "w") if r["split"] == "train" and "recall" in r]
+    assert 2 <= len(audited) <= 4 and audited[0] == 1
+
+
 def test_the_memory_cap_keeps_the_newest_slots(text_file):
     model_cfg, train_cfg = configs(text_file, memory_slots=10)
     corpus = load_corpus(str(text_file))

@@ -98,8 +98,8 @@ class StreamRunner:
         state = self.state
         if state is None or self.cfg.memory == "window":
             fresh = self._fresh_sab_state(x)
-            if state is not None:  # window-only memory: (h, c) and the step count carry over
-                fresh.h, fresh.c, fresh.t = state.h, state.c, state.t
+            if state is not None:  # window-only memory: (h, c) and the step counts carry over (audit schedule)
+                fresh.h, fresh.c, fresh.t, fresh.attention_steps = state.h, state.c, state.t, state.attention_steps
             state = fresh
         if self.audits:
             self._schedule_audits(state, x.shape[1])
