@@ -172,6 +172,16 @@ def test_bits_per_character_of_a_stream_equal_one_pass_over_it(text_file):
     assert out["bpc"] == pytest.approx(expected / math.log(2), rel=1e-12)
 
 
+def test_continuing_a_state_of_other_streams_is_refused(tmp_path, text_file):
+    model_cfg, train_cfg = configs(text_file, steps=2, audit_every=0)
+    train(model_cfg, train_cfg, tmp_path / "r", progress=False)
+    saved = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    corpus = load_corpus(str(text_file))
+    model = build_model(model_cfg.replace(input_size=len(corpus.vocabulary), output_size=len(corpus.vocabulary)))
+    with pytest.raises(ValueError, match="holds 3 streams; batch is 2"):
+        evaluate_stream(model, train_cfg, corpus.splits["test"], batch=2, start=saved["stream_state"])
+
+
 def test_text_options_are_refused_where_they_do_nothing(tmp_path, text_file, capsys):
     def error(argv):
         assert main(argv) == 2

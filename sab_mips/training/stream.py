@@ -237,6 +237,9 @@ def evaluate_stream(model: torch.nn.Module, cfg: TrainConfig, ids: torch.Tensor,
     eval_cfg = cfg.replace(audit_every=audit_every)
     runner = StreamRunner(model, eval_cfg, batch, memory_slots=memory_slots, audits=bool(audit_every))
     if start is not None:
+        streams_saved = start["h"].shape[-2]  # (B, H) for SAB, (1, B, H) for the LSTM
+        if streams_saved != batch:
+            raise ValueError(f"the state to continue holds {streams_saved} streams; batch is {batch}")
         runner.load_state_dict(start, param)
     distances = AttentionDistances() if attention_every and runner.sab else None
     nats, count, seconds = 0.0, 0, 0.0
