@@ -53,6 +53,7 @@ from ..ops.sparsify import softmax_topk_weights, sparse_attention_weights
 from .config import SABConfig, check_retrieval
 from .inputs import check_input
 from .lstm_init import init_gate_biases
+from .compiled_path import check_kernel, compiled_forward, runs_compiled
 from .scorers import make_scorer
 from .options import PassOptions
 from .recorder import PassRecorder
@@ -98,6 +99,10 @@ class SABLayer(nn.Module):
         # One fused autograd node per attention step (``ops.sparse_attention``) where the scorer has one;
         # False runs the plain autograd path, its slow twin (the tests compare the two).
         self.use_fused = self.scorer.supports_mips
+        # Where the steps run (``compiled_path``): "auto" the compiled C++ recurrence where it builds and covers
+        # the pass, else Python; "python" always the step-by-step Python loop (the reference); "compiled" the
+        # C++ recurrence or an error. ``set_kernel`` changes it.
+        self.kernel = "auto"
         self.attention_spec = AttentionSpec(config.scorer, config.sparsifier, config.k_top, config.eps)
         self.exploring_spec = AttentionSpec(config.scorer, config.sparsifier, config.k_top, config.eps, config.explore)
 
@@ -118,6 +123,11 @@ class SABLayer(nn.Module):
         """
         check_retrieval(retrieval, self.config.scorer)
         self.retrieval = retrieval
+
+    def set_kernel(self, kernel: str) -> None:
+        """Run the steps on ``"auto"``, ``"python"`` or ``"compiled"`` (``compiled_path``)."""
+        check_kernel(kernel)
+        self.kernel = kernel
 
     def audit_skip_reason(self, retrieval: str | None = None, stale_keys: bool = False) -> str | None:
         """Why retrieval audits cannot run with ``retrieval`` (default: the layer's), or None when they can.
@@ -194,17 +204,20 @@ class SABLayer(nn.Module):
             state = self.initial_state(B, device=x.device, dtype=x.dtype, steps=T)
         # The scorer's projections, taken once per call (parameters change between calls on one state).
         projection = self.scorer.projection() if self.scorer.supports_mips else None
+        explore = cfg.explore if self.training and self.retrieves else 0  # exploration candidates per step
+        compiled = runs_compiled(self, state, x, explore)
         # ``ops.memory``: keys projected once per slot. Not for reads in the graph of a detached memory (a
         # stream's later windows), which project their candidates: re-making every slot's key after each
-        # update would cost O(N) per window for nothing.
-        if self.caches_keys and (state.memory.writes_take_key_grads or not torch.is_grad_enabled()):
+        # update would cost O(N) per window for nothing. The compiled path projects its candidates too.
+        if self.caches_keys and not compiled and (state.memory.writes_take_key_grads or not torch.is_grad_enabled()):
             state.memory.cache_keys(projection.key_weight)
-        explore = cfg.explore if self.training and self.retrieves else 0  # exploration candidates per step
         stores_h_hat, to_state = cfg.slot_value == "h_hat", cfg.summary_to_state
         # The input half of every step's gates in one matmul, outside the time loop.
         cell = self.cell
         # Time-major (T, B, 4H), so that each step's (B, 4H) slice is contiguous for its addmm.
         input_gates = nn.functional.linear(x.transpose(0, 1), cell.weight_ih, cell.bias_ih + cell.bias_hh)
+        if compiled:
+            return compiled_forward(self, input_gates, state, projection), state
         # unbind, not input_gates[t]: the backward of T separate selects would build T zero-filled
         # (T, B, 4H) gradients, O(T²) work; unbind's backward stacks the T step gradients once.
         input_gates = input_gates.unbind(dim=0)

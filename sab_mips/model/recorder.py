@@ -111,8 +111,21 @@ class PassRecorder:
             if len(self.unblocked) == KEEP_BLOCK:
                 self.kept.append(torch.stack(self.unblocked))
                 self.unblocked = []
-        if not self.recording:
-            return
+        if self.recording:
+            self._record(t, candidate_ids, weights, width)
+
+    def log_steps(self, times: list[int], candidate_ids: torch.Tensor, weights: torch.Tensor, width: int) -> None:
+        """``log`` for several attention steps at once: their times, candidate ids and weights (S, B, C)."""
+        if self.kept is not None and len(times):
+            if self.unblocked:  # keep the order: what was logged one step at a time comes first
+                self.kept.append(torch.stack(self.unblocked))
+                self.unblocked = []
+            self.kept.append(candidate_ids.to(torch.int32))
+        if self.recording:
+            for s, t in enumerate(times):
+                self._record(t, candidate_ids[s], weights[s], width)
+
+    def _record(self, t: int, candidate_ids: torch.Tensor, weights: torch.Tensor, width: int) -> None:
         top_w, order = weights.detach().topk(min(width, weights.shape[1]), dim=1)
         ids = candidate_ids.gather(1, order).masked_fill(top_w <= 0, -1)
         self.steps.append(t)

@@ -39,7 +39,7 @@ import torch
 from .sparse_attention import AttentionSpec, attend_backward, attend_forward, unit_backward, unit_key
 
 
-class _SlotBuffers:
+class SlotBuffers:
     """The slot values and their accumulated gradients: what the autograd functions need in backward.
 
     Kept apart from ``SlotMemory`` so that the functions' contexts never reference the token: the token's
@@ -64,15 +64,25 @@ class _SlotBuffers:
     def accumulate_key_grad(self, ids: torch.Tensor, grad: torch.Tensor) -> None:
         self.key_grad = _accumulate(self.key_grad, self.keys, ids, grad)
 
+    def grad_buffer(self) -> torch.Tensor:
+        """The accumulated slot gradients (B, capacity, H), allocated (zeros) or grown to the values' shape,
+        for a caller that adds its reads' gradients in place (the compiled recurrence, ``sab_mips.kernel``)."""
+        if self.grad is None or self.grad.shape[1] < self.values.shape[1]:
+            grown = torch.zeros_like(self.values)
+            if self.grad is not None:
+                grown[:, : self.grad.shape[1]] = self.grad
+            self.grad = grown
+        return self.grad
+
     def take_grad(self, slot: int) -> torch.Tensor | None:
         return _take(self.grad, slot)
 
     def take_key_grad(self, slot: int) -> torch.Tensor | None:
         return _take(self.key_grad, slot)
 
-    def without_grads(self) -> "_SlotBuffers":
+    def without_grads(self) -> "SlotBuffers":
         """New buffers sharing these slot values and cached keys, with no accumulated gradient."""
-        out = _SlotBuffers(self.values)
+        out = SlotBuffers(self.values)
         out.keys, out.key_norms, out.key_weight, out.key_version = self.keys, self.key_norms, self.key_weight, self.key_version
         return out
 
@@ -108,7 +118,7 @@ class SlotMemory:
     """Per-sequence memory slots with their time steps, for one forward pass over a batch."""
 
     def __init__(self, batch_size: int, hidden_size: int, device=None, dtype=None, capacity: int = 16) -> None:
-        self._buffers = _SlotBuffers(torch.empty(batch_size, capacity, hidden_size, device=device, dtype=dtype))
+        self._buffers = SlotBuffers(torch.empty(batch_size, capacity, hidden_size, device=device, dtype=dtype))
         self.times: list[int] = []
         self._token: torch.Tensor | None = None  # None until a write enters the autograd graph
         # False for a detached() memory: its older slots' writes are not in the graph, so the gradient of
@@ -119,6 +129,13 @@ class SlotMemory:
     def size(self) -> int:
         """N, the number of slots written."""
         return len(self.times)
+
+    @property
+    def buffers(self) -> SlotBuffers:
+        """The slot values and their accumulated gradients, for an autograd function that reads slots outside
+        ``read``/``attend`` (the compiled recurrence); it must hold these, never the memory (see
+        ``SlotBuffers``)."""
+        return self._buffers
 
     @property
     def values_buffer(self) -> torch.Tensor:
@@ -294,7 +311,7 @@ class _WriteSlot(torch.autograd.Function):
     its unit key, taken through the normalisation and W_k (``key_weight``), which gets g_k mᵀ."""
 
     @staticmethod
-    def forward(ctx, token: torch.Tensor, h: torch.Tensor, key_weight: torch.Tensor | None, buffers: _SlotBuffers,
+    def forward(ctx, token: torch.Tensor, h: torch.Tensor, key_weight: torch.Tensor | None, buffers: SlotBuffers,
                 slot: int) -> torch.Tensor:
         ctx.buffers, ctx.slot, ctx.key_weight = buffers, slot, key_weight
         return token.new_zeros(())
@@ -314,7 +331,7 @@ class _WriteSlot(torch.autograd.Function):
 
 class _ReadSlots(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, token: torch.Tensor, ids: torch.Tensor, buffers: _SlotBuffers) -> torch.Tensor:
+    def forward(ctx, token: torch.Tensor, ids: torch.Tensor, buffers: SlotBuffers) -> torch.Tensor:
         ctx.buffers = buffers
         ctx.save_for_backward(ids)
         return _gather(buffers.values, _flat_ids(buffers.values, ids), ids.shape)
@@ -332,7 +349,7 @@ class _AttendSlots(torch.autograd.Function):
     deposits their gradient there (W_k gets its gradient from the writes); else it projects the slots."""
 
     @staticmethod
-    def forward(ctx, token, ids, query, key_weight, valid, buffers: _SlotBuffers, spec: AttentionSpec, cached: bool):
+    def forward(ctx, token, ids, query, key_weight, valid, buffers: SlotBuffers, spec: AttentionSpec, cached: bool):
         flat_ids = _flat_ids(buffers.values, ids)
         unit = _gather(buffers.keys, flat_ids, ids.shape) if cached else None
         summary, weights, scores, saved = attend_forward(_gather(buffers.values, flat_ids, ids.shape), query,
