@@ -369,6 +369,11 @@ def pad_results(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.
 
 
 NORM_GRID = 2.0 ** 0.25
+# A largest norm this close above a grid point counts as on it: unit keys (the cosine scorer's) have norms of
+# 1 give or take rounding, and without it the cap would be 1 or 2^(1/4) by the last bit of the arithmetic
+# that made them. The transforms clamp the extra coordinate sqrt(M² − ‖x‖²) at 0, so a key this little above
+# M changes nothing else.
+NORM_SLACK = 1e-9
 
 
 def norm_cap(max_norm: float) -> float:
@@ -378,13 +383,15 @@ def norm_cap(max_norm: float) -> float:
     cap instead of the exact maximum: M then depends only on the largest norm seen, not on how keys
     were batched, it changes (forcing a rehash or rebuild) only when the largest norm crosses a grid
     point, i.e. at most log(max/min)/log(NORM_GRID) times, and it overestimates the maximum by less
-    than a factor NORM_GRID (~1.19).
+    than a factor NORM_GRID (~1.19). A norm within a relative ``NORM_SLACK`` above a grid point gets that
+    point.
     """
     if not max_norm > 0.0:
         return 1.0
-    j = math.ceil(math.log(max_norm) / math.log(NORM_GRID))
+    target = max_norm / (1.0 + NORM_SLACK)
+    j = math.ceil(math.log(target) / math.log(NORM_GRID))
     cap = NORM_GRID**j
-    return cap if cap >= max_norm else NORM_GRID ** (j + 1)
+    return cap if cap >= target else NORM_GRID ** (j + 1)
 
 
 def saved_prefix(buffer: torch.Tensor, used: int, dim: int = 1) -> torch.Tensor:

@@ -97,17 +97,22 @@ def test_fused_step_gradcheck(scorer, sparsifier):
     assert torch.autograd.gradcheck(summary, tuple(leaves))
 
 
+@pytest.mark.parametrize("kernel", ["python", "compiled"])
 @pytest.mark.parametrize("preset", ["paper", "recommended"])
 @pytest.mark.parametrize("retrieval", ["exact", "simple-lsh:bits=12,tables=1"])
-def test_model_with_fused_steps_equals_plain_steps_and_the_reference(preset, retrieval):
+def test_model_with_fused_steps_equals_plain_steps_and_the_reference(preset, retrieval, kernel):
+    """The fused steps, on the Python path or in the compiled recurrence, against the plain autograd path and
+    the reference."""
     torch.manual_seed(0)
     model = build_model(SABConfig(preset=preset, input_size=3, output_size=4, hidden_size=6, attn_dim=5, k_top=2,
                                   k_att=1, k_trunc=4, retrieval=retrieval, k_cand=4), dtype=torch.float64)
+    model.layer.set_kernel(kernel)
     x = torch.randn(3, 40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert model.layer.use_fused and "attention='fused'" in repr(model)
     fused = outputs_and_grads(model, x, model, input_grad=True)
     record = model.run(x, PassOptions(record=True)).record
     model.layer.use_fused = False
+    model.layer.set_kernel("python")  # the plain path is Python's
     assert "attention='plain (use_fused=False)'" in repr(model)
     assert_same(fused, outputs_and_grads(model, x, model, input_grad=True), 1e-10, relative=True)
     reference = outputs_and_grads(model, x, lambda inp: sab_forward_reference(model, inp, replay=record.candidate_ids),
@@ -163,10 +168,13 @@ def test_explore_needs_the_softmax_sparsifier():
         SABConfig(preset="paper", explore=2)
 
 
-def _recommended(**kwargs):
+def _recommended(kernel: str = "python", **kwargs):
+    """A small recommended-preset model on ``kernel`` (the key cache below is the Python path's)."""
     torch.manual_seed(0)
-    return build_model(SABConfig(preset="recommended", input_size=3, output_size=4, hidden_size=6, attn_dim=5,
-                                 k_top=2, k_att=1, k_trunc=4, **kwargs), dtype=torch.float64)
+    model = build_model(SABConfig(preset="recommended", input_size=3, output_size=4, hidden_size=6, attn_dim=5,
+                                  k_top=2, k_att=1, k_trunc=4, **kwargs), dtype=torch.float64)
+    model.layer.set_kernel(kernel)
+    return model
 
 
 def _streamed_grads(model, x):
@@ -194,14 +202,16 @@ def test_cosine_steps_keep_each_slots_key_and_give_its_gradient_at_the_write():
     assert not model.layer.caches_keys
 
 
-def test_a_detached_stream_with_cosine_steps_equals_the_plain_path():
+@pytest.mark.parametrize("kernel", ["python", "compiled"])
+def test_a_detached_stream_with_cosine_steps_equals_the_plain_path(kernel):
     """After state.detach() the older slots' writes are outside the graph: W_k must still get the gradient of
     their keys (the memory projects the candidates again there)."""
-    model = _recommended()
+    model = _recommended(kernel)
     x = torch.randn(3, 40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     fused = _streamed_grads(model, x)
     assert fused[1]["layer.scorer.key_proj.weight"].abs().sum() > 0
     model.layer.use_fused = False
+    model.layer.set_kernel("python")
     assert_same(fused, _streamed_grads(model, x), 1e-10, relative=True)
 
 

@@ -33,7 +33,7 @@ def compiled_module() -> ModuleType | None:
                 try:
                     from torch.utils.cpp_extension import load
 
-                    _module = load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3"], verbose=False)
+                    _module = load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], verbose=False)
                 except Exception as error:  # a compiler error, a missing header: the Python path remains
                     _failure = f"the C++ build failed: {first_error(str(error)) or type(error).__name__}"
         return _module

@@ -70,7 +70,7 @@ class ChunkInputs:
 
 
 class CompiledRecurrence(torch.autograd.Function):
-    """(features (T, B, 2H), h, c, new slots (B, Nn, H), their keys (B, Nn, d), candidate ids (S, B, C),
+    """(features (B, T, 2H), h, c, new slots (B, Nn, H), their keys (B, Nn, d), candidate ids (S, B, C),
     weights (S, B, C), seconds of in-kernel search) of one chunk; the last four carry no gradient."""
 
     @staticmethod
@@ -82,26 +82,24 @@ class CompiledRecurrence(torch.autograd.Function):
                              w_hh_t.detach(), query_weight.detach(), key_weight.detach(), tau, inputs.old_values,
                              inputs.index_keys, inputs.replay, inputs.search, inputs.add, *spec.args())
         features, h, c, new_values, new_keys, ids, weights, seconds = out[:8]
-        ctx.spec, ctx.buffers, ctx.old_values, ctx.rest = spec, inputs.buffers, inputs.old_values, out[10:]
-        ctx.acts_cs = out[8:10]
+        ctx.spec, ctx.buffers, ctx.old_values, ctx.rest = spec, inputs.buffers, inputs.old_values, out[8:]
         ctx.has_temperature = temperature is not None
-        ctx.save_for_backward(h0, c0, w_hh_t, query_weight, key_weight, tau, features, new_values, ids, weights)
+        ctx.save_for_backward(h0, c0, w_hh_t, query_weight, key_weight, tau, features, new_values, new_keys, ids,
+                              weights)
         ctx.mark_non_differentiable(new_keys, ids, weights, seconds)
         return features, h, c, new_values, new_keys, ids, weights, seconds
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_features, g_h, g_c, g_new_values, *_):
-        h0, c0, w_hh_t, query_weight, key_weight, tau, features, new_values, ids, weights = ctx.saved_tensors
+        h0, c0, w_hh_t, query_weight, key_weight, tau, features, new_values, new_keys, ids, weights = ctx.saved_tensors
         g_features = torch.zeros_like(features) if g_features is None else g_features
         g_h = torch.zeros_like(h0) if g_h is None else g_h
         g_c = torch.zeros_like(c0) if g_c is None else g_c
         g_new_values = torch.zeros_like(new_values) if g_new_values is None else g_new_values
         old_grad = ctx.buffers.grad_buffer() if ctx.buffers is not None else None
-        acts, cs = ctx.acts_cs
-        active, totals, sources, queries, query_norms, folded, cand_keys, cand_norms, att_step, write_step = ctx.rest
-        saved = [features, new_values.contiguous(), ids, weights, acts, cs, active, totals, sources, queries,
-                 query_norms, folded, cand_keys, cand_norms, att_step, write_step]
+        new_key_norms, *rest = ctx.rest  # in the order recurrence.cpp's ``Saved`` lists them
+        saved = [features, new_values, new_keys, new_key_norms, ids, weights, *rest]
         grads = compiled_module().backward(g_features, g_h, g_c, g_new_values, h0, c0, w_hh_t, query_weight, key_weight,
                                            tau, ctx.old_values, old_grad, saved, *ctx.spec.args())
         g_gates, g_h0, g_c0, g_w_hh_t, g_query_weight, g_key_weight, g_tau = grads

@@ -32,8 +32,15 @@ struct Spec {
   double eps;
 };
 
+// a . b over n entries; the pragma lets the compiler vectorise the sum (-fopenmp-simd), which it may not
+// reorder on its own
 template <typename T>
-inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+inline T dot_product(const T* a, const T* b, int64_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
+  return acc;
+}
 
 // Order of a row's candidates: newest slot first, padding (-1) last; the Python path's canonical order.
 inline void sort_ids(int64_t* ids, int64_t n) { std::sort(ids, ids + n, [](int64_t a, int64_t b) { return a > b; }); }
@@ -91,9 +98,7 @@ void sparsify_row(const T* a, const int64_t* ids, int64_t C, const Spec& s, T* w
 // v / max(|v|, floor) in place; returns |v|.
 template <typename T>
 T normalise(T* v, int64_t n) {
-  T sq = 0;
-  for (int64_t j = 0; j < n; ++j) sq += v[j] * v[j];
-  const T norm = std::sqrt(sq);
+  const T norm = std::sqrt(dot_product(v, v, n));
   const T div = std::max(norm, T(NORM_FLOOR));
   for (int64_t j = 0; j < n; ++j) v[j] /= div;
   return norm;
@@ -106,8 +111,7 @@ void unit_backward(const T* g, const T* u, T norm, int64_t n, T* out) {
     for (int64_t j = 0; j < n; ++j) out[j] = g[j] / T(NORM_FLOOR);
     return;
   }
-  T dot = 0;
-  for (int64_t j = 0; j < n; ++j) dot += u[j] * g[j];
+  const T dot = dot_product(u, g, n);
   for (int64_t j = 0; j < n; ++j) out[j] = (g[j] - u[j] * dot) / norm;
 }
 
@@ -123,6 +127,10 @@ const T* slot_row(const at::Tensor& old_values, const at::Tensor& new_values, in
   return new_values.data_ptr<T>() + (b * new_values.size(1) + (id - N0)) * new_values.size(2);
 }
 
+// The forward's saved tensors, in the order the backward reads them.
+enum Saved { FEATURES, NEW_VALUES, NEW_KEYS, NEW_KEY_NORMS, IDS, WEIGHTS, ACTS, CS, TANH_CS, ACTIVE, TOTALS, SOURCES,
+             QUERIES, QUERY_NORMS, FOLDED, CAND_KEYS, CAND_NORMS, ATT_STEP, WRITE_STEP, ATT_H_HAT, SAVED_COUNT };
+
 template <typename T>
 std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Tensor& h0, const at::Tensor& c0,
                                      const at::Tensor& w_hh_t, const at::Tensor& query_weight,
@@ -135,12 +143,18 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
   const auto opts = input_gates.options();
   const auto long_opts = opts.dtype(at::kLong);
   const int64_t Nmax = count_steps(s.t0, L, s.k_att, 1), Smax = count_steps(s.t0, L, s.attend_every, 0);
+  if (replay.has_value())
+    TORCH_CHECK(replay->size(1) == B && replay->size(2) == C, "replay holds candidate ids of shape ", replay->sizes(),
+                "; this pass needs (S, ", B, ", ", C, ")");
 
-  at::Tensor features = at::empty({L, B, 2 * H}, opts);
+  at::Tensor features = at::empty({B, L, 2 * H}, opts);  // [h_t ; s_t], batch first as the head reads them
+  at::Tensor att_h_hat = at::empty({Smax, B, H}, opts);  // h_hat of each attention step
+  at::Tensor gates = at::empty({B, G}, opts);
   at::Tensor acts = at::empty({L, B, G}, opts);  // gate activations i, f, g, o
-  at::Tensor cs = at::empty({L, B, H}, opts);
+  at::Tensor cs = at::empty({L, B, H}, opts), tanh_cs = at::empty({L, B, H}, opts);
   at::Tensor new_values = at::empty({B, Nmax, H}, opts);
   at::Tensor new_keys = at::empty({B, d, Nmax}, opts);  // by column, as the exact index stores them
+  at::Tensor new_key_norms = at::empty({B, Nmax}, opts);  // cosine: |W_k m| of each new slot
   at::Tensor ids = at::full({Smax, B, C}, -1, long_opts);
   at::Tensor weights = at::zeros({Smax, B, C}, opts);
   at::Tensor active = at::zeros({Smax, B, C}, opts.dtype(at::kByte));
@@ -148,73 +162,106 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
   at::Tensor sources = at::zeros({Smax, B}, long_opts);
   at::Tensor queries = at::empty({Smax, B, d}, opts);  // dot: q; cosine: the unit query before tau
   at::Tensor query_norms = at::empty({Smax, B}, opts);  // cosine: |W_q h_hat|
-  at::Tensor folded = at::empty({Smax, B, H}, opts);  // dot: q~ = q W_k
-  at::Tensor cand_keys = at::empty({Smax, B, C, s.cosine ? d : 0}, opts);  // cosine: unit keys
+  at::Tensor folded = at::empty({Smax, B, s.cosine ? 0 : H}, opts);  // dot: q~ = q W_k
+  at::Tensor cand_keys = at::empty({Smax, B, C, s.cosine ? d : 0}, opts);  // cosine: the candidates' unit keys
   at::Tensor cand_norms = at::empty({Smax, B, C}, opts);
   at::Tensor att_step = at::empty({Smax}, long_opts), write_step = at::empty({Nmax}, long_opts);
   const T tau = s.cosine ? temperature.item<T>() : T(1);
   const bool exact_search = old_keys.has_value() && !replay.has_value();
   double search_seconds = 0;
 
-  at::Tensor h = h0.clone(), c = c0.clone();
-  at::Tensor gates = at::empty({B, G}, opts), cand = at::empty({B, C, H}, opts);
-  at::Tensor query_t = query_weight.t(), key_t = key_weight.t();
+  at::Tensor h = h0.clone(), c = c0.clone(), h_hat = at::empty({B, H}, opts);
+  at::Tensor cand = at::empty({B, C, H}, opts), q = at::empty({B, d}, opts), key = at::empty({B, d}, opts);
+  at::Tensor query_t = query_weight.t().contiguous(), key_t = key_weight.t().contiguous();
+  at::Tensor old_rows = at::empty({B * C, H}, opts);
+  T* features_p = features.data_ptr<T>();
+  T* acts_p = acts.data_ptr<T>();
+  T* cs_p = cs.data_ptr<T>();
+  T* tcs_p = tanh_cs.data_ptr<T>();
+  T* newv_p = new_values.data_ptr<T>();
+  T* newk_p = new_keys.data_ptr<T>();
+  T* newn_p = new_key_norms.data_ptr<T>();
+  int64_t* ids_p = ids.data_ptr<int64_t>();
+  T* weights_p = weights.data_ptr<T>();
+  uint8_t* active_p = active.data_ptr<uint8_t>();
+  T* totals_p = totals.data_ptr<T>();
+  int64_t* sources_p = sources.data_ptr<int64_t>();
+  T* queries_p = queries.data_ptr<T>();
+  T* qnorm_p = query_norms.data_ptr<T>();
+  T* cand_keys_p = cand_keys.data_ptr<T>();
+  T* cand_norms_p = cand_norms.data_ptr<T>();
+  int64_t* att_p = att_step.data_ptr<int64_t>();
+  int64_t* write_p = write_step.data_ptr<int64_t>();
+  T* hp = h.data_ptr<T>();
+  T* cp = c.data_ptr<T>();
+  T* hh = h_hat.data_ptr<T>();
+  T* cand_p = cand.data_ptr<T>();
+  T* q_p = q.data_ptr<T>();
+  std::vector<int64_t> old_at;  // (b C + k) of the candidates that are old slots (cosine: keys to project)
   int64_t n = 0, S = 0;  // slots written, attention steps done
   for (int64_t i = 0; i < L; ++i) {
     const int64_t t = s.t0 + i;
     at::addmm_out(gates, input_gates[i], h, w_hh_t);
-    {  // the LSTM cell: gates i, f, g, o (torch's order)
-      const T* gp = gates.data_ptr<T>();
-      T* ap = acts[i].data_ptr<T>();
-      T* cp = c.data_ptr<T>();
-      T* hp = h.data_ptr<T>();
-      T* cs_p = cs[i].data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b) {
-        const T* g = gp + b * G;
-        T* a = ap + b * G;
-        for (int64_t j = 0; j < H; ++j) {
-          const T ig = sigmoid(g[j]), fg = sigmoid(g[H + j]), gg = std::tanh(g[2 * H + j]), og = sigmoid(g[3 * H + j]);
-          a[j] = ig, a[H + j] = fg, a[2 * H + j] = gg, a[3 * H + j] = og;
-          const T cn = fg * cp[b * H + j] + ig * gg;
-          cp[b * H + j] = cn;
-          cs_p[b * H + j] = cn;
-          hp[b * H + j] = og * std::tanh(cn);  // h_hat for now
-        }
-      }
+    at::Tensor act = acts[i];
+    at::sigmoid_out(act, gates);
+    at::Tensor g_part = act.narrow(1, 2 * H, H);
+    at::tanh_out(g_part, gates.narrow(1, 2 * H, H));
+    T* a_p = acts_p + i * B * G;
+    T* c_i = cs_p + i * B * H;
+    for (int64_t b = 0; b < B; ++b) {
+      const T* a = a_p + b * G;
+      T* cb = cp + b * H;
+      for (int64_t j = 0; j < H; ++j) cb[j] = a[H + j] * cb[j] + a[j] * a[2 * H + j];
     }
-    at::Tensor h_hat = h.clone();
-    T* feat = features[i].data_ptr<T>();
-    std::fill(feat, feat + B * 2 * H, T(0));
+    std::copy(cp, cp + B * H, c_i);
+    at::Tensor tc = tanh_cs[i];
+    at::tanh_out(tc, c);
+    const T* tc_p = tcs_p + i * B * H;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < H; ++j) hh[b * H + j] = a_p[b * G + 3 * H + j] * tc_p[b * H + j];
+    std::copy(hh, hh + B * H, hp);  // h = h_hat (+ s below)
+    T* feat = features_p + i * 2 * H;  // row b at feat + b * L * 2H
+    const int64_t frow = L * 2 * H;
     const int64_t N = N0 + n;
+    bool attended = false;
     if (t % s.attend_every == 0 && N > 0) {
+      attended = true;
       const int64_t st = S++;
-      att_step.data_ptr<int64_t>()[st] = i;
-      at::Tensor q;  // the search query (B, d)
+      att_p[st] = i;
+      std::copy(hh, hh + B * H, att_h_hat.data_ptr<T>() + st * B * H);
+      T* query_st = queries_p + st * B * d;
+      at::mm_out(q, h_hat, query_t);
       if (s.cosine) {
-        at::Tensor u = at::mm(h_hat, query_t);
-        T* up = u.data_ptr<T>();
-        T* qn = query_norms[st].data_ptr<T>();
-        for (int64_t b = 0; b < B; ++b) qn[b] = normalise(up + b * d, d);
-        queries[st].copy_(u);
-        q = u.mul_(tau);
+        for (int64_t b = 0; b < B; ++b) qnorm_p[st * B + b] = normalise(q_p + b * d, d);
+        std::copy(q_p, q_p + B * d, query_st);
+        for (int64_t j = 0; j < B * d; ++j) q_p[j] *= tau;
       } else {
-        q = at::mm(h_hat, query_t);
-        queries[st].copy_(q);
-        folded[st].copy_(at::mm(q, key_weight));
+        std::copy(q_p, q_p + B * d, query_st);
+        at::Tensor fold = folded[st];
+        at::mm_out(fold, q, key_weight);
       }
-      int64_t* idp = ids[st].data_ptr<int64_t>();
+      int64_t* idp = ids_p + st * B * C;
       if (replay.has_value()) {
+        TORCH_CHECK(st < replay->size(0), "replay holds ", replay->size(0), " attention steps; this pass needs more");
         ids[st].copy_((*replay)[st]);
       } else if (exact_search) {
         const auto start = std::chrono::steady_clock::now();
         at::Tensor q1 = q.unsqueeze(1);
-        std::vector<at::Tensor> parts;
-        if (N0 > 0) parts.push_back(at::bmm(q1, old_keys->transpose(1, 2)).squeeze(1));
-        if (n > 0) parts.push_back(at::bmm(q1, new_keys.narrow(2, 0, n)).squeeze(1));
-        at::Tensor scores = parts.size() == 1 ? parts[0] : at::cat(parts, 1);
-        at::Tensor top = std::get<1>(scores.topk(std::min(C, N), 1));
-        ids[st].narrow(1, 0, top.size(1)).copy_(top);
-        for (int64_t b = 0; b < B; ++b) sort_ids(idp + b * C, C);
+        at::Tensor scores;
+        if (N0 > 0 && n > 0) {
+          scores = at::cat({at::bmm(q1, old_keys->transpose(1, 2)), at::bmm(q1, new_keys.narrow(2, 0, n))}, 2);
+        } else if (N0 > 0) {
+          scores = at::bmm(q1, old_keys->transpose(1, 2));
+        } else {
+          scores = at::bmm(q1, new_keys.narrow(2, 0, n));
+        }
+        at::Tensor top = std::get<1>(scores.squeeze(1).topk(std::min(C, N), 1)).contiguous();
+        const int64_t found = top.size(1);
+        const int64_t* tp = top.data_ptr<int64_t>();
+        for (int64_t b = 0; b < B; ++b) {
+          std::copy(tp + b * found, tp + (b + 1) * found, idp + b * C);
+          sort_ids(idp + b * C, C);
+        }
         search_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       } else {
         at::Tensor found = search_fn(q).cast<at::Tensor>();
@@ -223,84 +270,102 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
         ids[st].copy_(found);
       }
       // gather the candidates (B, C, H); padding reads as zeros and takes no part
-      T* cp = cand.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t k = 0; k < C; ++k) {
-          const int64_t id = idp[b * C + k];
-          TORCH_CHECK(id < N, "candidate slot ", id, " does not exist (", N, " slots)");
-          T* dst = cp + (b * C + k) * H;
-          if (id < 0) {
-            std::fill(dst, dst + H, T(0));
-          } else {
-            const T* src = slot_row<T>(old_values, new_values, b, id, N0);
-            std::copy(src, src + H, dst);
-          }
-        }
-      at::Tensor scores = at::empty({B, C}, opts);
-      T* sp = scores.data_ptr<T>();
-      if (s.cosine) {
-        at::Tensor keys = at::mm(cand.view({B * C, H}), key_t);  // (B C, d)
-        T* kp = keys.data_ptr<T>();
-        T* np = cand_norms[st].data_ptr<T>();
-        const T* qp = q.data_ptr<T>();
-        for (int64_t r = 0; r < B * C; ++r) {
-          np[r] = normalise(kp + r * d, d);
-          T acc = 0;
-          for (int64_t j = 0; j < d; ++j) acc += kp[r * d + j] * qp[(r / C) * d + j];
-          sp[r] = acc;
-        }
-        cand_keys[st].copy_(keys.view({B, C, d}));
-      } else {
-        const T* fp = folded[st].data_ptr<T>();
-        for (int64_t r = 0; r < B * C; ++r) {
-          T acc = 0;
-          for (int64_t j = 0; j < H; ++j) acc += cp[r * H + j] * fp[(r / C) * H + j];
-          sp[r] = acc;
+      old_at.clear();
+      for (int64_t r = 0; r < B * C; ++r) {
+        const int64_t b = r / C, id = idp[r];
+        TORCH_CHECK(id < N, "candidate slot ", id, " does not exist (", N, " slots)");
+        T* dst = cand_p + r * H;
+        if (id < 0) {
+          std::fill(dst, dst + H, T(0));
+        } else {
+          const T* src = slot_row<T>(old_values, new_values, b, id, N0);
+          std::copy(src, src + H, dst);
+          if (id < N0) old_at.push_back(r);
         }
       }
-      T* wp = weights[st].data_ptr<T>();
-      uint8_t* actp = active[st].data_ptr<uint8_t>();
-      T* tp = totals[st].data_ptr<T>();
-      int64_t* srcp = sources[st].data_ptr<int64_t>();
-      T* hp = h.data_ptr<T>();
+      T scores[64];
+      std::vector<T> score_buf(C > 64 ? C : 0);
+      T* sp = C > 64 ? score_buf.data() : scores;
+      T* wp = weights_p + st * B * C;
       for (int64_t b = 0; b < B; ++b) {
-        sparsify_row<T>(sp + b * C, idp + b * C, C, s, wp + b * C, actp + b * C, tp + b, srcp + b);
-        T* summary = feat + b * 2 * H + H;
+        if (s.cosine) {
+          // unit keys: the chunk's own slots' were made when they were written; old slots' are projected
+          T* keys = cand_keys_p + (st * B + b) * C * d;
+          T* norms = cand_norms_p + (st * B + b) * C;
+          for (int64_t k = 0; k < C; ++k) {
+            const int64_t id = idp[b * C + k];
+            if (id >= N0) {
+              const int64_t slot = id - N0;
+              for (int64_t j = 0; j < d; ++j) keys[k * d + j] = newk_p[(b * d + j) * Nmax + slot];
+              norms[k] = newn_p[b * Nmax + slot];
+            } else {
+              std::fill(keys + k * d, keys + (k + 1) * d, T(0));
+              norms[k] = 0;
+            }
+          }
+        }
+      }
+      if (s.cosine && !old_at.empty()) {
+        const int64_t M = static_cast<int64_t>(old_at.size());
+        T* rows = old_rows.data_ptr<T>();
+        for (int64_t m = 0; m < M; ++m) std::copy(cand_p + old_at[m] * H, cand_p + (old_at[m] + 1) * H, rows + m * H);
+        at::Tensor projected = at::mm(old_rows.narrow(0, 0, M), key_t);  // (M, d)
+        T* pp = projected.data_ptr<T>();
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t r = old_at[m];
+          T* dst = cand_keys_p + (st * B * C + r) * d;
+          std::copy(pp + m * d, pp + (m + 1) * d, dst);
+          cand_norms_p[st * B * C + r] = normalise(dst, d);
+        }
+      }
+      const T* fold_p = s.cosine ? nullptr : folded.data_ptr<T>() + st * B * H;
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t k = 0; k < C; ++k) {
+          const int64_t r = b * C + k;
+          sp[k] = s.cosine ? dot_product(cand_keys_p + (st * B * C + r) * d, q_p + b * d, d)
+                           : dot_product(cand_p + r * H, fold_p + b * H, H);
+        }
+        sparsify_row<T>(sp, idp + b * C, C, s, wp + b * C, active_p + (st * B + b) * C, totals_p + st * B + b,
+                        sources_p + st * B + b);
+        T* summary = feat + b * frow + H;
+        std::fill(summary, summary + H, T(0));
         for (int64_t k = 0; k < C; ++k) {
           const T wk = wp[b * C + k];
           if (wk == T(0)) continue;
-          const T* m = cp + (b * C + k) * H;
+          const T* m = cand_p + (b * C + k) * H;
           for (int64_t j = 0; j < H; ++j) summary[j] += wk * m[j];
         }
         if (s.to_state)
           for (int64_t j = 0; j < H; ++j) hp[b * H + j] += summary[j];
       }
     }
-    {  // features [h_t ; s_t]
-      const T* hp = h.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b) std::copy(hp + b * H, hp + (b + 1) * H, feat + b * 2 * H);
+    for (int64_t b = 0; b < B; ++b) {  // features [h_t ; s_t]
+      std::copy(hp + b * H, hp + (b + 1) * H, feat + b * frow);
+      if (!attended) std::fill(feat + b * frow + H, feat + b * frow + 2 * H, T(0));
     }
     if ((t + 1) % s.k_att == 0) {  // the slot write
       const at::Tensor& value = s.slot_h_hat ? h_hat : h;
-      new_values.select(1, n).copy_(value);
-      at::Tensor key = at::mm(value, key_t);  // (B, d)
-      if (s.cosine) {
-        T* kp = key.data_ptr<T>();
-        for (int64_t b = 0; b < B; ++b) normalise(kp + b * d, d);
+      const T* v = value.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) std::copy(v + b * H, v + (b + 1) * H, newv_p + (b * Nmax + n) * H);
+      at::mm_out(key, value, key_t);  // (B, d)
+      T* kp = key.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) {
+        if (s.cosine) newn_p[b * Nmax + n] = normalise(kp + b * d, d);
+        for (int64_t j = 0; j < d; ++j) newk_p[(b * d + j) * Nmax + n] = kp[b * d + j];
       }
-      new_keys.select(2, n).copy_(key);
-      write_step.data_ptr<int64_t>()[n] = i;
+      write_p[n] = i;
       ++n;
-      if (!add_fn.is_none()) add_fn(key.unsqueeze(1));
+      if (!add_fn.is_none()) add_fn(key.unsqueeze(1).clone());
     }
   }
   at::Tensor seconds = at::full({}, search_seconds, opts.dtype(at::kDouble));
-  return {features, h, c, new_values.narrow(1, 0, n), new_keys.narrow(2, 0, n).transpose(1, 2).contiguous(),
-          ids.narrow(0, 0, S), weights.narrow(0, 0, S), seconds,
-          // what the backward needs
-          acts, cs, active.narrow(0, 0, S), totals.narrow(0, 0, S), sources.narrow(0, 0, S),
-          queries.narrow(0, 0, S), query_norms.narrow(0, 0, S), folded.narrow(0, 0, S),
-          cand_keys.narrow(0, 0, S), cand_norms.narrow(0, 0, S), att_step.narrow(0, 0, S), write_step.narrow(0, 0, n)};
+  at::Tensor keys_out = new_keys.narrow(2, 0, n).transpose(1, 2).contiguous();
+  return {features, h, c, new_values.narrow(1, 0, n), keys_out, ids.narrow(0, 0, S), weights.narrow(0, 0, S), seconds,
+          // the saved tensors after the first two (features, new values) and the next two (keys, ids)
+          new_key_norms.narrow(1, 0, n).contiguous(), acts, cs, tanh_cs, active.narrow(0, 0, S),
+          totals.narrow(0, 0, S), sources.narrow(0, 0, S), queries.narrow(0, 0, S), query_norms.narrow(0, 0, S),
+          folded.narrow(0, 0, S), cand_keys.narrow(0, 0, S), cand_norms.narrow(0, 0, S), att_step.narrow(0, 0, S),
+          write_step.narrow(0, 0, n), att_h_hat.narrow(0, 0, S)};
 }
 
 template <typename T>
@@ -308,14 +373,10 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
                                       const at::Tensor& grad_new_values, const at::Tensor& h0, const at::Tensor& c0,
                                       const at::Tensor& w_hh_t, const at::Tensor& query_weight,
                                       const at::Tensor& key_weight, const at::Tensor& temperature,
-                                      const at::Tensor& old_values, const at::Tensor& features,
-                                      const at::Tensor& new_values, const at::Tensor& ids, const at::Tensor& weights,
-                                      const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& active,
-                                      const at::Tensor& totals, const at::Tensor& sources, const at::Tensor& queries,
-                                      const at::Tensor& query_norms, const at::Tensor& folded,
-                                      const at::Tensor& cand_keys, const at::Tensor& cand_norms,
-                                      const at::Tensor& att_step, const at::Tensor& write_step,
+                                      const at::Tensor& old_values, const std::vector<at::Tensor>& saved,
                                       const std::optional<at::Tensor>& old_grad, const Spec& s) {
+  const at::Tensor &features = saved[FEATURES], &new_values = saved[NEW_VALUES], &ids = saved[IDS];
+  const at::Tensor &acts = saved[ACTS], &cs = saved[CS], &tanh_cs = saved[TANH_CS];
   const int64_t L = acts.size(0), B = acts.size(1), G = acts.size(2), H = G / 4;
   const int64_t d = key_weight.size(0), C = s.count, N0 = old_values.size(1);
   const int64_t S = ids.size(0), Nn = new_values.size(1);
@@ -326,86 +387,112 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
   at::Tensor grad_gates = at::empty({L, B, G}, opts);
   at::Tensor dh_carry = grad_h.clone(), dc_carry = grad_c.clone();
   at::Tensor slot_grads = grad_new_values.clone();  // (B, Nn, H): gradients of the chunk's own slots
+  at::Tensor unit_grads = at::zeros({B, Nn, s.cosine ? d : 0}, opts);  // cosine: of their unit keys
+  at::Tensor key_grads = at::zeros({B, Nn, s.cosine ? d : 0}, opts);  // cosine: of their keys W_k m
   at::Tensor grad_query_weight = at::zeros_like(query_weight), grad_key_weight = at::zeros_like(key_weight);
   T grad_tau = 0;
   at::Tensor g_query = at::zeros({S, B, s.cosine ? d : H}, opts);  // dot: g of q~; cosine: g of W_q h_hat
   at::Tensor dh_hat = at::empty({B, H}, opts), ds = at::empty({B, H}, opts);
-  at::Tensor g_cand = at::empty({B, C, H}, opts), g_keys = at::empty({B * C, s.cosine ? d : 0}, opts);
-  at::Tensor cand = at::empty({B, C, H}, opts);
+  at::Tensor g_cand = at::empty({B * C, H}, opts), cand = at::empty({B * C, H}, opts);
+  at::Tensor old_key_grads = at::empty({B * C, s.cosine ? d : 0}, opts), old_rows = at::empty({B * C, H}, opts);
+  at::Tensor write_key_grad = at::empty({B, d}, opts), write_grad = at::empty({B, H}, opts);
   at::Tensor query_to_state;  // dot: W_k^T W_q' (H, H), the map from the gradient of q~ to that of h_hat
-  if (!s.cosine) query_to_state = at::mm(key_weight.t(), query_weight);  // (H, H): q~ = h_hat Wq'^T W_k
-  const int64_t* idp_all = ids.data_ptr<int64_t>();
-  const int64_t* asp = att_step.data_ptr<int64_t>();
-  const int64_t* wsp = write_step.data_ptr<int64_t>();
+  if (!s.cosine) query_to_state = at::mm(key_weight.t(), query_weight);
+  at::Tensor w_hh = w_hh_t.t().contiguous();
+  const int64_t* ids_p = ids.data_ptr<int64_t>();
+  const int64_t* asp = saved[ATT_STEP].data_ptr<int64_t>();
+  const int64_t* wsp = saved[WRITE_STEP].data_ptr<int64_t>();
+  const T* gf_p = grad_features.data_ptr<T>();
+  const T* acts_p = acts.data_ptr<T>();
+  const T* cs_p = cs.data_ptr<T>();
+  const T* tcs_p = tanh_cs.data_ptr<T>();
+  const T* c0_p = c0.data_ptr<T>();
+  const T* weights_p = saved[WEIGHTS].data_ptr<T>();
+  const uint8_t* active_p = saved[ACTIVE].data_ptr<uint8_t>();
+  const T* totals_p = saved[TOTALS].data_ptr<T>();
+  const int64_t* sources_p = saved[SOURCES].data_ptr<int64_t>();
+  const T* queries_p = saved[QUERIES].data_ptr<T>();
+  const T* qnorm_p = saved[QUERY_NORMS].data_ptr<T>();
+  const T* folded_p = s.cosine ? nullptr : saved[FOLDED].data_ptr<T>();
+  const T* cand_keys_p = s.cosine ? saved[CAND_KEYS].data_ptr<T>() : nullptr;
+  const T* cand_norms_p = saved[CAND_NORMS].data_ptr<T>();
+  const T* newk_p = saved[NEW_KEYS].data_ptr<T>();  // (B, Nn, d)
+  const T* newn_p = saved[NEW_KEY_NORMS].data_ptr<T>();  // (B, Nn)
+  T* gg_p = grad_gates.data_ptr<T>();
+  T* dhp = dh_carry.data_ptr<T>();
+  T* dcp = dc_carry.data_ptr<T>();
+  T* dhh = dh_hat.data_ptr<T>();
+  T* dsp = ds.data_ptr<T>();
+  T* cand_p = cand.data_ptr<T>();
+  T* gc = g_cand.data_ptr<T>();
+  T* sgp = slot_grads.data_ptr<T>();
+  T* ugp = unit_grads.data_ptr<T>();
+  T* kgp = key_grads.data_ptr<T>();
+  T* gq_all = g_query.data_ptr<T>();
+  T* ogp = old_grad.has_value() ? old_grad->data_ptr<T>() : nullptr;
   std::vector<T> g_w(C), g_a(C), tmp(std::max(d, H)), g_unit(d);
+  std::vector<int64_t> old_at;
   int64_t st = S - 1, w = Nn - 1;
   for (int64_t i = L - 1; i >= 0; --i) {
     const int64_t t = s.t0 + i;
-    const T* gf = grad_features[i].data_ptr<T>();
-    T* dhp = dh_carry.data_ptr<T>();
-    T* dhh = dh_hat.data_ptr<T>();
+    const T* gf = gf_p + i * 2 * H;  // row b at gf + b * L * 2H
+    const int64_t frow = L * 2 * H;
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < H; ++j) dhp[b * H + j] += gf[b * 2 * H + j];  // dL/dh_t
+      for (int64_t j = 0; j < H; ++j) dhp[b * H + j] += gf[b * frow + j];  // dL/dh_t
     std::fill(dhh, dhh + B * H, T(0));
     if (w >= 0 && wsp[w] == i) {  // the slot written at this step takes what its readers deposited
-      const T* sg = slot_grads.data_ptr<T>();
+      T* wg = write_grad.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) std::copy(sgp + (b * Nn + w) * H, sgp + (b * Nn + w + 1) * H, wg + b * H);
+      if (s.cosine) {  // and, through its key k = W_k m, what reached its unit key
+        T* kg = write_key_grad.data_ptr<T>();
+        for (int64_t b = 0; b < B; ++b) {
+          unit_backward<T>(ugp + (b * Nn + w) * d, newk_p + (b * Nn + w) * d, newn_p[b * Nn + w], d, kg + b * d);
+          std::copy(kg + b * d, kg + (b + 1) * d, kgp + (b * Nn + w) * d);
+        }
+        write_grad.addmm_(write_key_grad, key_weight);
+      }
       T* target = s.slot_h_hat ? dhh : dhp;
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) target[b * H + j] += sg[(b * Nn + w) * H + j];
+      for (int64_t j = 0; j < B * H; ++j) target[j] += wg[j];
       --w;
     }
     for (int64_t j = 0; j < B * H; ++j) dhh[j] += dhp[j];  // h = h_hat (+ s)
     if (st >= 0 && asp[st] == i) {
       // the attention step's backward (sab_mips/ops/sparse_attention.py, attend_backward)
-      T* dsp = ds.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) dsp[b * H + j] = gf[b * 2 * H + H + j] + (s.to_state ? dhp[b * H + j] : T(0));
-      const int64_t* idp = idp_all + st * B * C;
-      T* cp = cand.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t k = 0; k < C; ++k) {
-          const int64_t id = idp[b * C + k];
-          T* dst = cp + (b * C + k) * H;
-          if (id < 0) {
-            std::fill(dst, dst + H, T(0));
-          } else {
-            const T* src = slot_row<T>(old_values, new_values, b, id, N0);
-            std::copy(src, src + H, dst);
-          }
+        for (int64_t j = 0; j < H; ++j) dsp[b * H + j] = gf[b * frow + H + j] + (s.to_state ? dhp[b * H + j] : T(0));
+      const int64_t* idp = ids_p + st * B * C;
+      old_at.clear();
+      for (int64_t r = 0; r < B * C; ++r) {
+        const int64_t id = idp[r];
+        T* dst = cand_p + r * H;
+        if (id < 0) {
+          std::fill(dst, dst + H, T(0));
+        } else {
+          const T* src = slot_row<T>(old_values, new_values, r / C, id, N0);
+          std::copy(src, src + H, dst);
+          if (id < N0) old_at.push_back(r);
         }
-      const T* wp = weights[st].data_ptr<T>();
-      const uint8_t* actp = active[st].data_ptr<uint8_t>();
-      const T* tp = totals[st].data_ptr<T>();
-      const int64_t* srcp = sources[st].data_ptr<int64_t>();
-      T* gc = g_cand.data_ptr<T>();
-      T* gq = g_query[st].data_ptr<T>();
-      const T* qp = queries[st].data_ptr<T>();
-      const T* fp = folded[st].data_ptr<T>();
-      const T* kp = s.cosine ? cand_keys[st].data_ptr<T>() : nullptr;
-      const T* knp = cand_norms[st].data_ptr<T>();
-      T* gk = s.cosine ? g_keys.data_ptr<T>() : nullptr;
+      }
+      const T* wp = weights_p + st * B * C;
+      const uint8_t* actp = active_p + st * B * C;
+      T* gq = gq_all + st * B * (s.cosine ? d : H);
+      const T* qp = queries_p + st * B * d;
       for (int64_t b = 0; b < B; ++b) {
         const T* gsum = dsp + b * H;
         T mean = 0;
         for (int64_t k = 0; k < C; ++k) {
-          const T* m = cp + (b * C + k) * H;
-          T acc = 0;
-          for (int64_t j = 0; j < H; ++j) acc += m[j] * gsum[j];
-          g_w[k] = acc;
-          mean += acc * wp[b * C + k];
+          g_w[k] = dot_product(cand_p + (b * C + k) * H, gsum, H);
+          mean += g_w[k] * wp[b * C + k];
         }
         for (int64_t k = 0; k < C; ++k) {
           const T centred = g_w[k] - mean;
-          if (s.softmax) {
-            g_a[k] = wp[b * C + k] * centred;
-          } else {
-            g_a[k] = actp[b * C + k] ? centred / (tp[b] + eps) : T(0);
-          }
+          if (s.softmax) g_a[k] = wp[b * C + k] * centred;
+          else g_a[k] = actp[b * C + k] ? centred / (totals_p[st * B + b] + eps) : T(0);
         }
         if (!s.softmax) {
           T sum = 0;
           for (int64_t k = 0; k < C; ++k) sum += g_a[k];
-          g_a[srcp[b]] -= sum;  // delta is the (K+1)-th score
+          g_a[sources_p[st * B + b]] -= sum;  // delta is the (K+1)-th score
         }
         for (int64_t k = 0; k < C; ++k) {
           T* g = gc + (b * C + k) * H;
@@ -416,68 +503,86 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
         if (s.cosine) {
           // scores a_k = q . k^_k, q = tau u^: g_q = sum g_a k^; g_k^_k = g_a q
           T* gqb = gq + b * d;
-          for (int64_t j = 0; j < d; ++j) gqb[j] = 0;
+          std::fill(gqb, gqb + d, T(0));
           for (int64_t k = 0; k < C; ++k) {
-            const T* uk = kp + (b * C + k) * d;
+            const int64_t r = b * C + k, id = idp[r];
+            if (id < 0) continue;
+            const T* uk = cand_keys_p + (st * B * C + r) * d;
             for (int64_t j = 0; j < d; ++j) {
               gqb[j] += g_a[k] * uk[j];
               g_unit[j] = g_a[k] * tau * qp[b * d + j];
             }
-            unit_backward<T>(g_unit.data(), uk, knp[b * C + k], d, gk + (b * C + k) * d);
+            if (id >= N0) {  // the chunk's own slot: taken through its key when its write runs backward
+              T* ug = ugp + (b * Nn + (id - N0)) * d;
+              for (int64_t j = 0; j < d; ++j) ug[j] += g_unit[j];
+            } else {
+              unit_backward<T>(g_unit.data(), uk, cand_norms_p[st * B * C + r], d, tmp.data());
+              std::copy(tmp.data(), tmp.data() + d, old_key_grads.data_ptr<T>() + r * d);
+            }
           }
           // q = tau u^ (u^ = the unit query): g_tau += g_q . u^; g_u^ = tau g_q; then through the norm
-          T dot = 0;
-          for (int64_t j = 0; j < d; ++j) dot += gqb[j] * qp[b * d + j];
-          grad_tau += dot;
+          grad_tau += dot_product(gqb, qp + b * d, d);
           for (int64_t j = 0; j < d; ++j) tmp[j] = tau * gqb[j];
-          unit_backward<T>(tmp.data(), qp + b * d, query_norms[st].data_ptr<T>()[b], d, gqb);
+          unit_backward<T>(tmp.data(), qp + b * d, qnorm_p[st * B + b], d, gqb);
         } else {
           // scores a_k = q~ . m_k: g_m_k += g_a q~; g_q~ = sum g_a m_k
           T* gqb = gq + b * H;
-          for (int64_t j = 0; j < H; ++j) gqb[j] = 0;
+          std::fill(gqb, gqb + H, T(0));
+          const T* fp = folded_p + (st * B + b) * H;
           for (int64_t k = 0; k < C; ++k) {
-            const T* m = cp + (b * C + k) * H;
+            const T* m = cand_p + (b * C + k) * H;
             T* g = gc + (b * C + k) * H;
             for (int64_t j = 0; j < H; ++j) {
-              g[j] += g_a[k] * fp[b * H + j];
+              g[j] += g_a[k] * fp[j];
               gqb[j] += g_a[k] * m[j];
             }
           }
         }
       }
       if (s.cosine) {
-        // keys k = W_k m: g_m += g_k W_k; g_W_k += g_k^T m
-        g_cand.view({B * C, H}).addmm_(g_keys, key_weight);
-        grad_key_weight.addmm_(g_keys.t(), cand.view({B * C, H}));
-        dh_hat.addmm_(g_query[st], query_weight);  // u = h_hat W_q^T
-      } else {
-        dh_hat.addmm_(g_query[st], query_to_state);
-      }
-      // the candidates' gradients: the chunk's own slots accumulate, old slots go out
-      T* sgp = slot_grads.data_ptr<T>();
-      T* ogp = old_grad.has_value() ? old_grad->data_ptr<T>() : nullptr;
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t k = 0; k < C; ++k) {
-          const int64_t id = idp[b * C + k];
-          if (id < 0 || (id < N0 && ogp == nullptr)) continue;
-          const T* g = gc + (b * C + k) * H;
-          T* dst = id >= N0 ? sgp + (b * Nn + (id - N0)) * H : ogp + b * old_grad->stride(0) + id * old_grad->stride(1);
-          for (int64_t j = 0; j < H; ++j) dst[j] += g[j];
+        at::Tensor gq_t = g_query[st];
+        dh_hat.addmm_(gq_t, query_weight);  // u = h_hat W_q^T
+        if (!old_at.empty()) {  // old slots' keys k = W_k m: g_m += g_k W_k; g_W_k += g_k^T m
+          const int64_t M = static_cast<int64_t>(old_at.size());
+          T* okg = old_key_grads.data_ptr<T>();
+          T* rows = old_rows.data_ptr<T>();
+          at::Tensor packed = at::empty({M, d}, opts);
+          T* pk = packed.data_ptr<T>();
+          for (int64_t m = 0; m < M; ++m) {
+            std::copy(okg + old_at[m] * d, okg + (old_at[m] + 1) * d, pk + m * d);
+            std::copy(cand_p + old_at[m] * H, cand_p + (old_at[m] + 1) * H, rows + m * H);
+          }
+          at::Tensor row_grads = at::mm(packed, key_weight);  // (M, H)
+          grad_key_weight.addmm_(packed.t(), old_rows.narrow(0, 0, M));
+          const T* rg = row_grads.data_ptr<T>();
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t j = 0; j < H; ++j) gc[old_at[m] * H + j] += rg[m * H + j];
         }
+      } else {
+        at::Tensor gq_t = g_query[st];
+        dh_hat.addmm_(gq_t, query_to_state);
+      }
+      // the candidates' gradients: the chunk's own slots accumulate, old slots go to the memory's buffer
+      for (int64_t r = 0; r < B * C; ++r) {
+        const int64_t id = idp[r], b = r / C;
+        if (id < 0 || (id < N0 && ogp == nullptr)) continue;
+        const T* g = gc + r * H;
+        T* dst = id >= N0 ? sgp + (b * Nn + (id - N0)) * H : ogp + b * old_grad->stride(0) + id * old_grad->stride(1);
+        for (int64_t j = 0; j < H; ++j) dst[j] += g[j];
+      }
       --st;
     }
     {  // the LSTM cell's backward
-      const T* ap = acts[i].data_ptr<T>();
-      const T* cp = cs[i].data_ptr<T>();
-      const T* cprev = i > 0 ? cs[i - 1].data_ptr<T>() : c0.data_ptr<T>();
-      T* dcp = dc_carry.data_ptr<T>();
-      T* gg = grad_gates[i].data_ptr<T>();
+      const T* ap = acts_p + i * B * G;
+      const T* tcp = tcs_p + i * B * H;
+      const T* cprev = i > 0 ? cs_p + (i - 1) * B * H : c0_p;
+      T* gg = gg_p + i * B * G;
       for (int64_t b = 0; b < B; ++b) {
         const T* a = ap + b * G;
         T* g = gg + b * G;
         for (int64_t j = 0; j < H; ++j) {
           const T ig = a[j], fg = a[H + j], cg = a[2 * H + j], og = a[3 * H + j];
-          const T tc = std::tanh(cp[b * H + j]);
+          const T tc = tcp[b * H + j];
           const T dh = dhh[b * H + j];
           const T dc = dcp[b * H + j] + dh * og * (T(1) - tc * tc);
           g[j] = dc * cg * ig * (T(1) - ig);
@@ -492,26 +597,26 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
       dh_carry.zero_();
       dc_carry.zero_();
     } else {
-      at::mm_out(dh_carry, grad_gates[i], w_hh_t.t());
+      at::mm_out(dh_carry, grad_gates[i], w_hh);
     }
   }
   // weight gradients, batched over the steps
-  at::Tensor h_prev = at::cat({h0.unsqueeze(0), features.narrow(0, 0, L - 1).narrow(2, 0, H)}, 0);  // (T, B, H)
+  // h_{t-1} of every step (L, B, H): h0, then the features' h of the steps before
+  at::Tensor h_prev = at::cat({h0.unsqueeze(0), features.narrow(1, 0, L - 1).narrow(2, 0, H).transpose(0, 1)}, 0);
   at::Tensor grad_w_hh_t = at::mm(h_prev.reshape({L * B, H}).t(), grad_gates.view({L * B, G}));
   if (S > 0) {
-    // h_hat of each attention step, from the saved gates: o * tanh(c)
-    at::Tensor steps = att_step;
-    at::Tensor att_h_hat = acts.index_select(0, steps).narrow(2, 3 * H, H) * cs.index_select(0, steps).tanh();
-    at::Tensor hh = att_h_hat.reshape({S * B, H});
+    at::Tensor hh = saved[ATT_H_HAT].view({S * B, H});
     if (s.cosine) {
       grad_query_weight.addmm_(g_query.view({S * B, d}).t(), hh);
     } else {
       // q~ = q W_k, q = h_hat Wq'^T: g_q = g_q~ W_k^T; g_Wq' = g_q^T h_hat; g_W_k += q^T g_q~
       at::Tensor gq = at::mm(g_query.view({S * B, H}), key_weight.t());  // (S B, d)
       grad_query_weight.addmm_(gq.t(), hh);
-      grad_key_weight.addmm_(queries.reshape({S * B, d}).t(), g_query.view({S * B, H}));
+      grad_key_weight.addmm_(saved[QUERIES].reshape({S * B, d}).t(), g_query.view({S * B, H}));
     }
   }
+  if (s.cosine && Nn > 0)  // the chunk's own slots' keys: g_W_k += g_k^T m
+    grad_key_weight.addmm_(key_grads.view({B * Nn, d}).t(), new_values.reshape({B * Nn, H}));
   at::Tensor grad_temperature = at::full({}, grad_tau, opts);
   return {grad_gates, dh_carry, dc_carry, grad_w_hh_t, grad_query_weight, grad_key_weight, grad_temperature};
 }
@@ -529,7 +634,7 @@ std::vector<at::Tensor> forward(at::Tensor input_gates, at::Tensor h0, at::Tenso
                                 bool cosine, bool softmax, bool slot_h_hat, bool to_state, double eps) {
   TORCH_CHECK(input_gates.device().is_cpu(), "the compiled SAB recurrence runs on the CPU only");
   TORCH_CHECK(input_gates.is_contiguous() && h0.is_contiguous() && c0.is_contiguous(), "contiguous inputs expected");
-  TORCH_CHECK(old_values.stride(2) == 1, "slot values must be contiguous per slot");
+  TORCH_CHECK(old_values.size(1) == 0 || old_values.stride(2) == 1, "slot values must be contiguous per slot");
   const Spec s = make_spec(t0, k_top, k_att, k_trunc, attend_every, count, cosine, softmax, slot_h_hat, to_state, eps);
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(input_gates.scalar_type(), "sab_forward", [&] {
@@ -543,18 +648,17 @@ std::vector<at::Tensor> backward(at::Tensor grad_features, at::Tensor grad_h, at
                                  at::Tensor grad_new_values, at::Tensor h0, at::Tensor c0, at::Tensor w_hh_t,
                                  at::Tensor query_weight, at::Tensor key_weight, at::Tensor temperature,
                                  at::Tensor old_values, std::optional<at::Tensor> old_grad,
-                                 std::vector<at::Tensor> saved, int64_t t0, int64_t k_top,
-                                 int64_t k_att, int64_t k_trunc, int64_t attend_every, int64_t count, bool cosine,
-                                 bool softmax, bool slot_h_hat, bool to_state, double eps) {
+                                 std::vector<at::Tensor> saved, int64_t t0, int64_t k_top, int64_t k_att,
+                                 int64_t k_trunc, int64_t attend_every, int64_t count, bool cosine, bool softmax,
+                                 bool slot_h_hat, bool to_state, double eps) {
   const Spec s = make_spec(t0, k_top, k_att, k_trunc, attend_every, count, cosine, softmax, slot_h_hat, to_state, eps);
-  TORCH_CHECK(saved.size() == 16, "the backward takes the 16 tensors the forward saved");
+  TORCH_CHECK(saved.size() == SAVED_COUNT, "the backward takes the ", int(SAVED_COUNT), " tensors the forward saved");
+  for (auto& tensor : saved) tensor = tensor.contiguous();
   std::vector<at::Tensor> out;
-  at::Tensor gf = grad_features.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(saved[0].scalar_type(), "sab_backward", [&] {
-    out = backward_impl<scalar_t>(gf, grad_h.contiguous(), grad_c.contiguous(), grad_new_values.contiguous(), h0, c0,
-                                  w_hh_t, query_weight, key_weight, temperature, old_values, saved[0], saved[1],
-                                  saved[2], saved[3], saved[4], saved[5], saved[6], saved[7], saved[8], saved[9],
-                                  saved[10], saved[11], saved[12], saved[13], saved[14], saved[15], old_grad, s);
+  AT_DISPATCH_FLOATING_TYPES(saved[FEATURES].scalar_type(), "sab_backward", [&] {
+    out = backward_impl<scalar_t>(grad_features.contiguous(), grad_h.contiguous(), grad_c.contiguous(),
+                                  grad_new_values.contiguous(), h0.contiguous(), c0.contiguous(), w_hh_t, query_weight,
+                                  key_weight, temperature, old_values, saved, old_grad, s);
   });
   return out;
 }
@@ -562,7 +666,7 @@ std::vector<at::Tensor> backward(at::Tensor grad_features, at::Tensor grad_h, at
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "The SAB recurrence over a chunk of steps, forward and backward (sab_mips/kernel/compiled.py)";
+  m.doc() = "The SAB recurrence over a chunk of steps, forward and backward (sab_mips/kernel/function.py)";
   m.def("forward", &forward, "the SAB recurrence over a chunk of steps");
   m.def("backward", &backward, "its reverse sweep");
 }

@@ -81,12 +81,14 @@ def compiled_forward(layer, input_gates: torch.Tensor, state: SABState, projecti
     h0, c0 = (zeros, zeros) if state.h is None else (state.h, state.c)
     grad = torch.is_grad_enabled()
     token = memory.token if grad else None
+    times = [t for t in range(state.t, state.t + T) if (t + 1) % cfg.k_att == 0]  # of the slot writes
+    attention_times = attention_steps(state.t, T, cfg.attend_every, cfg.k_att, memory.size)
     replay = None
     if recorder.replay is not None:
         replay = recorder.replay[state.attention_steps :]
-        if replay.shape[2] != count:
+        if replay.shape[2] != count or replay.shape[0] < len(attention_times):
             raise ValueError(f"replay holds {tuple(recorder.replay.shape)} candidate ids (S, B, C); this pass "
-                             f"needs C={count}")
+                             f"needs C={count} and {state.attention_steps + len(attention_times)} attention steps")
     exact = replay is None and index is not None and index.name == "exact"
     search = add = None
     if replay is None and not exact:
@@ -99,8 +101,6 @@ def compiled_forward(layer, input_gates: torch.Tensor, state: SABState, projecti
     features, h, c, new_values, new_keys, ids, weights, seconds = CompiledRecurrence.apply(
         token if token is not None else zeros.new_zeros(()), input_gates, h0, c0, layer.cell.weight_hh.t(),
         projection.query_weight, projection.key_weight, temperature, inputs)
-    times = [t for t in range(state.t, state.t + T) if (t + 1) % cfg.k_att == 0]
-    attention_times = attention_steps(state.t, T, cfg.attend_every, cfg.k_att, memory.size)
     for value, t in zip(new_values.unbind(1), times):
         memory.write(value, t)
     if exact and times:
@@ -112,7 +112,7 @@ def compiled_forward(layer, input_gates: torch.Tensor, state: SABState, projecti
     recorder.log_steps(attention_times, ids, weights, cfg.k_top)
     state.attention_steps += len(attention_times)
     state.h, state.c, state.t = h, c, state.t + T
-    return features.transpose(0, 1)
+    return features
 
 
 def attention_steps(t0: int, steps: int, attend_every: int, k_att: int, slots: int) -> list[int]:
