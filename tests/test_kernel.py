@@ -173,8 +173,8 @@ def test_auto_falls_back_to_python_with_one_warning_and_the_same_result():
     python, auto = twins("paper", k_top=2, k_att=2, k_trunc=4)
     auto.layer.set_kernel("auto")
     x = torch.randn(2, 12, 3, dtype=torch.float64)
-    options = PassOptions(diagnostics=True)
-    with pytest.warns(UserWarning, match="SAB runs on the Python path: attention diagnostics"):
+    options = PassOptions(collect_queries=True)
+    with pytest.warns(UserWarning, match="SAB runs on the Python path: collected queries"):
         out = auto.run(x, options)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per reason: the second pass says nothing
@@ -186,3 +186,12 @@ def test_attention_steps_follow_the_layer_schedule():
     # a slot exists after step k_att - 1; attention every attend_every-th step from then on
     assert attention_steps(0, 8, 2, 3, 0) == [4, 6]
     assert attention_steps(5, 4, 1, 3, 2) == [5, 6, 7, 8]
+
+
+def test_compiled_pass_gives_the_attention_diagnostics_of_the_python_pass():
+    python, compiled = twins("paper", k_top=2, k_att=2, k_trunc=3)
+    x = torch.randn(3, 30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    metrics = [m.run(x, PassOptions(diagnostics=True)).diagnostics.as_metrics() for m in (python, compiled)]
+    assert metrics[0].keys() == metrics[1].keys() == {"max_slot_norm", "min_gap_sum", "old_attention"}
+    for name in metrics[0]:
+        assert metrics[1][name] == pytest.approx(metrics[0][name], rel=1e-9, abs=1e-12)

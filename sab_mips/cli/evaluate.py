@@ -7,7 +7,7 @@ from pathlib import Path
 from ..devices import resolve_device, set_threads
 from ..errors import UserError
 from ..corpora import SPLITS
-from ..model import SABLSTM
+from ..model import KERNELS, SABLSTM
 from ..training import evaluate, load_run
 from ..training.rundir import METRICS_FILE, MetricsLog, saved_task
 from ..training.stream import evaluate_stream, load_stream_run
@@ -34,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="SAB: compare every N-th attention step with exact search and report recall@k_top and "
                              "the attention mass recovered, and the same over every step the task's metric reads "
                              "(scored_recall, scored_mass_recovered) (0: no audit)")
+    parser.add_argument("--kernel", choices=KERNELS, help="SAB: where its steps run (default: the run's kernel; "
+                                                          "see sab-mips train --help)")
     parser.add_argument("--split", choices=SPLITS, help="text runs: the split to stream (default valid)")
     parser.add_argument("--memory-slots", type=int, metavar="N",
                         help="text runs, SAB: cap the memory at N slots per stream (default: the run's; 0: the "
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             raise UserError(f"--{name.replace('_', '-')} applies to runs of task 'text' only")
     model, task, model_cfg, train_cfg, state = load_run(args.run)
+    use_kernel(model, args.kernel)
     if args.retrieval is not None and model_cfg.model != "sab":
         raise UserError(f"--retrieval applies to model 'sab' only; this run is model '{model_cfg.model}'")
     T = args.T if args.T is not None else (train_cfg.eval_T or train_cfg.T)
@@ -109,6 +112,7 @@ def run_text(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             raise UserError(f"--{name.replace('_', '-')} does not apply to a text run (it streams a whole split)")
     model, corpus, train_cfg, state = load_stream_run(args.run)
+    use_kernel(model, args.kernel)
     split = args.split or "valid"
     batch = args.batch_size if args.batch_size is not None else train_cfg.batch_size
     if args.memory_from == "training" and batch != train_cfg.batch_size:
@@ -158,3 +162,12 @@ def comparison_table(rows: list[tuple[str, dict[str, float]]], primary: str, hea
         lines.append(f"{retrieval:<{width}}  {cell(m, primary, '9.4f')}  {cell(m, 'ms_per_step', '8.3f')}  "
                      f"{cell(m, 'recall', '7.4f')}  {cell(m, 'scored_recall', '13.4f')}")
     return "\n".join(lines)
+
+
+def use_kernel(model, kernel: str | None) -> None:
+    """Run SAB's steps on ``kernel`` (None: the run's); refuse it for a model that has none."""
+    if kernel is None:
+        return
+    if not isinstance(model, SABLSTM):
+        raise UserError(f"--kernel applies to SAB runs only; this run is {type(model).__name__}")
+    model.set_kernel(kernel)

@@ -112,7 +112,7 @@ def check_model_options(model_cfg: SABConfig, explicit: dict[str, Any], from_fil
 
 
 # TrainConfig fields that only SAB reads: the memory-bounded engine and the audits of its retrieval.
-SAB_ONLY_TRAIN_FIELDS = ("engine", "engine_chunk", "audit_every", "grad_cosine_every")
+SAB_ONLY_TRAIN_FIELDS = ("engine", "engine_chunk", "audit_every", "grad_cosine_every", "kernel")
 TEXT_ONLY_TRAIN_FIELDS = TEXT_FIELDS  # TrainConfig fields of the text task
 SAB_TEXT_FIELDS = ("memory", "memory_slots", "refresh_every", "refresh_below")  # of the text task's SAB memory
 # TrainConfig fields the text task does not read: lengths of generated sequences, their eval batches, the
@@ -138,8 +138,8 @@ def check_train_options(model_cfg: SABConfig, train_cfg: TrainConfig, explicit: 
     text, sab = train_cfg.task == "text", model_cfg.model == "sab"
     rules = ((TEXT_ONLY_TRAIN_FIELDS, not text, f"task '{train_cfg.task}' (only the text task reads it)"),
              (SYNTHETIC_ONLY_TRAIN_FIELDS, text, "task 'text' (only the synthetic tasks read it)"),
-             (SAB_ONLY_TRAIN_FIELDS, not sab, f"model '{model_cfg.model}' (only model 'sab' has an engine and "
-                                              f"retrieval audits)"),
+             (SAB_ONLY_TRAIN_FIELDS, not sab, f"model '{model_cfg.model}' (only model 'sab' has an engine, a "
+                                              f"kernel and retrieval audits)"),
              (SAB_TEXT_FIELDS, text and not sab, f"model '{model_cfg.model}' (only model 'sab' has a memory)"))
     for names, applies, what in rules:
         for name in names if applies else ():

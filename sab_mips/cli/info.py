@@ -38,6 +38,17 @@ def _faiss_gpus() -> str:
     return f"{faiss.get_num_gpus()} GPU(s) visible to faiss"
 
 
+def kernel_status() -> str:
+    """Which kernel SAB's steps run on by default here (``--kernel auto``), and why."""
+    from ..kernel import build_failure
+
+    failure = build_failure()  # builds the extension if it is not cached yet (about a minute, once)
+    if failure is None:
+        return ("compiled SAB recurrence active (kernel auto: C++, built and cached; --kernel python for the "
+                "Python path)")
+    return f"Python path (the compiled SAB recurrence is unavailable: {failure})"
+
+
 def info_lines() -> list[str]:
     """The report, one line per fact; never raises for a missing optional component."""
     import torch
@@ -55,6 +66,7 @@ def info_lines() -> list[str]:
     lines.append(f"processes  torch.distributed {'available' if torch.distributed.is_available() else 'unavailable'} "
                  f"(torchrun --nproc-per-node=N -m sab_mips train ...)")
 
+    lines.append(f"kernel     {kernel_status()}")
     lines.append("retrieval backends:")
     try:
         from indexes import available_backends

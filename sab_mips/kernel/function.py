@@ -71,7 +71,8 @@ class ChunkInputs:
 
 class CompiledRecurrence(torch.autograd.Function):
     """(features (B, T, 2H), h, c, new slots (B, Nn, H), their keys (B, Nn, d), candidate ids (S, B, C),
-    weights (S, B, C), seconds of in-kernel search) of one chunk; the last four carry no gradient."""
+    weights (S, B, C), scores (S, B, C), seconds of in-kernel search) of one chunk; the last five carry no
+    gradient."""
 
     @staticmethod
     def forward(ctx, token, input_gates, h0, c0, w_hh_t, query_weight, key_weight, temperature, inputs: ChunkInputs):
@@ -81,13 +82,13 @@ class CompiledRecurrence(torch.autograd.Function):
         out = module.forward(input_gates.detach().contiguous(), h0.detach().contiguous(), c0.detach().contiguous(),
                              w_hh_t.detach(), query_weight.detach(), key_weight.detach(), tau, inputs.old_values,
                              inputs.index_keys, inputs.replay, inputs.search, inputs.add, *spec.args())
-        features, h, c, new_values, new_keys, ids, weights, seconds = out[:8]
-        ctx.spec, ctx.buffers, ctx.old_values, ctx.rest = spec, inputs.buffers, inputs.old_values, out[8:]
+        features, h, c, new_values, new_keys, ids, weights, scores, seconds = out[:9]
+        ctx.spec, ctx.buffers, ctx.old_values, ctx.rest = spec, inputs.buffers, inputs.old_values, out[9:]
         ctx.has_temperature = temperature is not None
         ctx.save_for_backward(h0, c0, w_hh_t, query_weight, key_weight, tau, features, new_values, new_keys, ids,
                               weights)
-        ctx.mark_non_differentiable(new_keys, ids, weights, seconds)
-        return features, h, c, new_values, new_keys, ids, weights, seconds
+        ctx.mark_non_differentiable(new_keys, ids, weights, scores, seconds)
+        return features, h, c, new_values, new_keys, ids, weights, scores, seconds
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -157,6 +157,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
   at::Tensor new_key_norms = at::empty({B, Nmax}, opts);  // cosine: |W_k m| of each new slot
   at::Tensor ids = at::full({Smax, B, C}, -1, long_opts);
   at::Tensor weights = at::zeros({Smax, B, C}, opts);
+  at::Tensor scores_out = at::zeros({Smax, B, C}, opts);  // the exact scores of the candidates
   at::Tensor active = at::zeros({Smax, B, C}, opts.dtype(at::kByte));
   at::Tensor totals = at::zeros({Smax, B}, opts);
   at::Tensor sources = at::zeros({Smax, B}, long_opts);
@@ -283,9 +284,6 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
           if (id < N0) old_at.push_back(r);
         }
       }
-      T scores[64];
-      std::vector<T> score_buf(C > 64 ? C : 0);
-      T* sp = C > 64 ? score_buf.data() : scores;
       T* wp = weights_p + st * B * C;
       for (int64_t b = 0; b < B; ++b) {
         if (s.cosine) {
@@ -320,6 +318,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
       }
       const T* fold_p = s.cosine ? nullptr : folded.data_ptr<T>() + st * B * H;
       for (int64_t b = 0; b < B; ++b) {
+        T* sp = scores_out.data_ptr<T>() + (st * B + b) * C;
         for (int64_t k = 0; k < C; ++k) {
           const int64_t r = b * C + k;
           sp[k] = s.cosine ? dot_product(cand_keys_p + (st * B * C + r) * d, q_p + b * d, d)
@@ -360,7 +359,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
   }
   at::Tensor seconds = at::full({}, search_seconds, opts.dtype(at::kDouble));
   at::Tensor keys_out = new_keys.narrow(2, 0, n).transpose(1, 2).contiguous();
-  return {features, h, c, new_values.narrow(1, 0, n), keys_out, ids.narrow(0, 0, S), weights.narrow(0, 0, S), seconds,
+  return {features, h, c, new_values.narrow(1, 0, n), keys_out, ids.narrow(0, 0, S), weights.narrow(0, 0, S),
+          scores_out.narrow(0, 0, S), seconds,
           // the saved tensors after the first two (features, new values) and the next two (keys, ids)
           new_key_norms.narrow(1, 0, n).contiguous(), acts, cs, tanh_cs, active.narrow(0, 0, S),
           totals.narrow(0, 0, S), sources.narrow(0, 0, S), queries.narrow(0, 0, S), query_norms.narrow(0, 0, S),

@@ -6,9 +6,9 @@ and covers the pass, else Python with one warning line per reason. What the comp
 and cosine scorers with the fused attention step, both sparsifiers, every schedule (``k_att``,
 ``attend_every``, ``k_trunc``, ``k_cand``), ``slot_value``, ``summary_to_state``; candidates from the exact
 index (searched inside the kernel), from any other index (one Python call per attention step) or replayed;
-float32 and float64 on the CPU; kept candidates and the attention record. Not covered, so run in Python:
-exploration, audits, collected queries and diagnostics (they look into every step), the plain autograd path
-(``use_fused=False``) and the scorers no index serves.
+float32 and float64 on the CPU; kept candidates, the attention record and the attention diagnostics. Not
+covered, so run in Python: exploration, retrieval audits and collected queries (they look into every step),
+the plain autograd path (``use_fused=False``) and the scorers no index serves.
 """
 from __future__ import annotations
 
@@ -48,8 +48,6 @@ def uncovered_reason(layer, state: SABState, x: torch.Tensor, explore: int) -> s
         return "retrieval audits"
     if recorder.queries is not None:
         return "collected queries"
-    if recorder.diagnostics is not None:
-        return "attention diagnostics"
     return None
 
 
@@ -67,7 +65,8 @@ def runs_compiled(layer, state: SABState, x: torch.Tensor, explore: int) -> bool
         raise ValueError(f"kernel 'compiled' cannot run this pass: {reason} (kernel 'auto' falls back to Python)")
     if reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"SAB runs on the Python path: {reason}", stacklevel=4)
+        # one line, "sab-mips:0: UserWarning: ..." (no source line to quote); filterable like any warning
+        warnings.warn_explicit(f"SAB runs on the Python path: {reason}", UserWarning, "sab-mips", 0)
     return False
 
 
@@ -98,11 +97,13 @@ def compiled_forward(layer, input_gates: torch.Tensor, state: SABState, projecti
     inputs = ChunkInputs(memory.values(), memory.buffers if token is not None else None,
                          index.keys if exact else None, replay, search, add, spec)
     temperature = projection.temperature if spec.cosine else None
-    features, h, c, new_values, new_keys, ids, weights, seconds = CompiledRecurrence.apply(
+    features, h, c, new_values, new_keys, ids, weights, scores, seconds = CompiledRecurrence.apply(
         token if token is not None else zeros.new_zeros(()), input_gates, h0, c0, layer.cell.weight_hh.t(),
         projection.query_weight, projection.key_weight, temperature, inputs)
     for value, t in zip(new_values.unbind(1), times):
         memory.write(value, t)
+        if recorder.diagnostics is not None:
+            recorder.diagnostics.slot(value)
     if exact and times:
         start = time.perf_counter()
         index.add(new_keys)
@@ -110,6 +111,9 @@ def compiled_forward(layer, input_gates: torch.Tensor, state: SABState, projecti
         recorder.key_added(new_keys)
     recorder.stats.search_seconds += float(seconds)
     recorder.log_steps(attention_times, ids, weights, cfg.k_top)
+    if recorder.diagnostics is not None:
+        for s, t in enumerate(attention_times):
+            recorder.diagnostics.attention(t, ids[s], scores[s], weights[s])
     state.attention_steps += len(attention_times)
     state.h, state.c, state.t = h, c, state.t + T
     return features

@@ -89,6 +89,10 @@ class SABLSTM(nn.Module):
         """Search with another index from now on (``SABLayer.set_retrieval``)."""
         self.layer.set_retrieval(retrieval)
 
+    def set_kernel(self, kernel: str) -> None:
+        """Run the layer's steps on ``"auto"``, ``"python"`` or ``"compiled"`` (``SABLayer.set_kernel``)."""
+        self.layer.set_kernel(kernel)
+
     def audit_skip_reason(self, retrieval: str | None = None) -> str | None:
         """Why retrieval audits cannot run (``SABLayer.audit_skip_reason``), or None when they can."""
         return self.layer.audit_skip_reason(retrieval)

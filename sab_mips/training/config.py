@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config_base import Config, choice, non_negative_int, number, option, positive_int, require
+from ..model import KERNELS
 from ..tasks import batch_generator
 
 # TrainConfig fields a resumed run may change: budgets, and measurements that do not alter the updates
@@ -67,6 +68,9 @@ class TrainConfig(Config):
                                  f"{ENGINE_MIN_STEPS} steps or more).")
     engine_chunk: int = option(1000, "steps the engine re-runs at once in its backward sweep (memory of one "
                                      "chunk's graph against Python overhead).")
+    kernel: str = option("auto", "SAB: where its steps run: compiled (the C++ recurrence, built at first use), "
+                                 "python (step by step; the reference twin), or auto (compiled where it builds "
+                                 "and covers the pass, else Python with one warning line).")
     data: str | None = option(None, "task text: a corpus name (kjv, gcide; installed by make data) or the path of "
                                     "a UTF-8 file.")
     window: int = option(200, "task text: characters per window; each update reads the next window of every "
@@ -92,6 +96,7 @@ class TrainConfig(Config):
         for name in ("lr", "min_lr", "grad_clip", "adam_eps", "time_budget"):
             number(name, getattr(self, name))
         choice("engine", self.engine, ENGINES)
+        choice("kernel", self.kernel, KERNELS)
         choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         choice("T_draw", self.T_draw, LENGTH_DRAWS)
         require(self.T_draw == "uniform" or self.T_min is not None,

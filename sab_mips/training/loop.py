@@ -70,6 +70,8 @@ class Trainer:
         self.dist = Distributed.from_env(self.device)
         self.dist.check_batch(train_cfg.batch_size)
         self.model, self.task, self.model_cfg = build(model_cfg, train_cfg)
+        if isinstance(self.model, SABLSTM):
+            self.model.set_kernel(train_cfg.kernel)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr, eps=train_cfg.adam_eps,
                                           amsgrad=train_cfg.amsgrad)
