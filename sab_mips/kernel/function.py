@@ -75,17 +75,19 @@ class CompiledRecurrence(torch.autograd.Function):
     gradient."""
 
     @staticmethod
-    def forward(ctx, token, input_gates, h0, c0, w_hh_t, query_weight, key_weight, temperature, inputs: ChunkInputs):
+    def forward(ctx, token, x, h0, c0, w_ih, w_hh, bias, query_weight, key_weight, temperature, inputs: ChunkInputs):
+        """x (T, B, I) time-major; w_ih (4H, I), w_hh (4H, H), bias (4H,) = b_ih + b_hh: the LSTM cell."""
         module = compiled_module()
         spec = inputs.spec
-        tau = temperature.detach() if temperature is not None else input_gates.new_ones(())
-        out = module.forward(input_gates.detach().contiguous(), h0.detach().contiguous(), c0.detach().contiguous(),
-                             w_hh_t.detach(), query_weight.detach(), key_weight.detach(), tau, inputs.old_values,
-                             inputs.index_keys, inputs.replay, inputs.search, inputs.add, *spec.args())
+        tau = temperature.detach() if temperature is not None else x.new_ones(())
+        out = module.forward(x.detach().contiguous(), h0.detach().contiguous(), c0.detach().contiguous(),
+                             w_ih.detach().contiguous(), w_hh.detach().contiguous(), bias.detach(),
+                             query_weight.detach(), key_weight.detach(), tau, inputs.old_values, inputs.index_keys,
+                             inputs.replay, inputs.search, inputs.add, *spec.args())
         features, h, c, new_values, new_keys, ids, weights, scores, seconds = out[:9]
         ctx.spec, ctx.buffers, ctx.old_values, ctx.rest = spec, inputs.buffers, inputs.old_values, out[9:]
         ctx.has_temperature = temperature is not None
-        ctx.save_for_backward(h0, c0, w_hh_t, query_weight, key_weight, tau, features, new_values, new_keys, ids,
+        ctx.save_for_backward(c0, w_ih, w_hh, query_weight, key_weight, tau, features, new_values, new_keys, ids,
                               weights)
         ctx.mark_non_differentiable(new_keys, ids, weights, scores, seconds)
         return features, h, c, new_values, new_keys, ids, weights, scores, seconds
@@ -93,17 +95,18 @@ class CompiledRecurrence(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_features, g_h, g_c, g_new_values, *_):
-        h0, c0, w_hh_t, query_weight, key_weight, tau, features, new_values, new_keys, ids, weights = ctx.saved_tensors
+        c0, w_ih, w_hh, query_weight, key_weight, tau, features, new_values, new_keys, ids, weights = ctx.saved_tensors
         g_features = torch.zeros_like(features) if g_features is None else g_features
-        g_h = torch.zeros_like(h0) if g_h is None else g_h
+        g_h = torch.zeros_like(c0) if g_h is None else g_h
         g_c = torch.zeros_like(c0) if g_c is None else g_c
         g_new_values = torch.zeros_like(new_values) if g_new_values is None else g_new_values
         old_grad = ctx.buffers.grad_buffer() if ctx.buffers is not None else None
         new_key_norms, *rest = ctx.rest  # in the order recurrence.cpp's ``Saved`` lists them
         saved = [features, new_values, new_keys, new_key_norms, ids, weights, *rest]
-        grads = compiled_module().backward(g_features, g_h, g_c, g_new_values, h0, c0, w_hh_t, query_weight, key_weight,
-                                           tau, ctx.old_values, old_grad, saved, *ctx.spec.args())
-        g_gates, g_h0, g_c0, g_w_hh_t, g_query_weight, g_key_weight, g_tau = grads
-        token_grad = torch.zeros((), dtype=h0.dtype) if ctx.needs_input_grad[0] else None
-        return (token_grad, g_gates, g_h0, g_c0, g_w_hh_t, g_query_weight, g_key_weight,
-                g_tau if ctx.has_temperature else None, None)
+        grads = compiled_module().backward(g_features, g_h, g_c, g_new_values, c0, w_ih.contiguous(),
+                                           w_hh.contiguous(), ctx.needs_input_grad[1], query_weight, key_weight, tau,
+                                           ctx.old_values, old_grad, saved, *ctx.spec.args())
+        g_x, g_h0, g_c0, g_w_ih, g_w_hh, g_bias, g_query_weight, g_key_weight, g_tau = grads
+        token_grad = torch.zeros((), dtype=c0.dtype) if ctx.needs_input_grad[0] else None
+        return (token_grad, g_x if ctx.needs_input_grad[1] else None, g_h0, g_c0, g_w_ih, g_w_hh, g_bias,
+                g_query_weight, g_key_weight, g_tau if ctx.has_temperature else None, None)

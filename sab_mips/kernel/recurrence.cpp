@@ -129,18 +129,19 @@ const T* slot_row(const at::Tensor& old_values, const at::Tensor& new_values, in
 
 // The forward's saved tensors, in the order the backward reads them.
 enum Saved { FEATURES, NEW_VALUES, NEW_KEYS, NEW_KEY_NORMS, IDS, WEIGHTS, ACTS, CS, TANH_CS, ACTIVE, TOTALS, SOURCES,
-             QUERIES, QUERY_NORMS, FOLDED, CAND_KEYS, CAND_NORMS, ATT_STEP, WRITE_STEP, ATT_H_HAT, SAVED_COUNT };
+             QUERIES, QUERY_NORMS, FOLDED, CAND_KEYS, CAND_NORMS, ATT_STEP, WRITE_STEP, ATT_H_HAT, XH, SAVED_COUNT };
 
 template <typename T>
-std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Tensor& h0, const at::Tensor& c0,
-                                     const at::Tensor& w_hh_t, const at::Tensor& query_weight,
+std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                                     const at::Tensor& query_weight,
                                      const at::Tensor& key_weight, const at::Tensor& temperature,
                                      const at::Tensor& old_values, const std::optional<at::Tensor>& old_keys,
                                      const std::optional<at::Tensor>& replay, const py::object& search_fn,
                                      const py::object& add_fn, const Spec& s) {
-  const int64_t L = input_gates.size(0), B = input_gates.size(1), G = input_gates.size(2), H = G / 4;
+  const int64_t L = x.size(0), B = x.size(1), I = x.size(2), G = w_hh.size(0), H = G / 4;
   const int64_t d = key_weight.size(0), C = s.count, N0 = old_values.size(1);
-  const auto opts = input_gates.options();
+  const auto opts = x.options();
   const auto long_opts = opts.dtype(at::kLong);
   const int64_t Nmax = count_steps(s.t0, L, s.k_att, 1), Smax = count_steps(s.t0, L, s.attend_every, 0);
   if (replay.has_value())
@@ -174,7 +175,12 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
   at::Tensor h = h0.clone(), c = c0.clone(), h_hat = at::empty({B, H}, opts);
   at::Tensor cand = at::empty({B, C, H}, opts), q = at::empty({B, d}, opts), key = at::empty({B, d}, opts);
   at::Tensor query_t = query_weight.t().contiguous(), key_t = key_weight.t().contiguous();
-  at::Tensor recurrent = w_hh_t.contiguous();  // (H, G): a contiguous right factor is the faster product here
+  // [x_t ; h_{t-1}] of every step (saved: the weight gradients are one product over all steps), and the
+  // weights [W_ih W_hh]ᵀ (I + H, G): one product per step; a contiguous right factor is the faster one here
+  at::Tensor xh = at::empty({L, B, I + H}, opts);
+  at::Tensor weights_t = at::cat({w_ih, w_hh}, 1).t().contiguous();
+  T* xh_p = xh.data_ptr<T>();
+  const T* x_p = x.data_ptr<T>();
   at::Tensor old_rows = at::empty({B * C, H}, opts);
   T* features_p = features.data_ptr<T>();
   T* acts_p = acts.data_ptr<T>();
@@ -203,7 +209,12 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
   int64_t n = 0, S = 0;  // slots written, attention steps done
   for (int64_t i = 0; i < L; ++i) {
     const int64_t t = s.t0 + i;
-    at::addmm_out(gates, input_gates[i], h, recurrent);
+    T* xh_i = xh_p + i * B * (I + H);
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy(x_p + (i * B + b) * I, x_p + (i * B + b + 1) * I, xh_i + b * (I + H));
+      std::copy(hp + b * H, hp + (b + 1) * H, xh_i + b * (I + H) + I);
+    }
+    at::addmm_out(gates, bias, xh[i], weights_t);
     at::Tensor act = acts[i];
     at::sigmoid_out(act, gates);
     at::Tensor g_part = act.narrow(1, 2 * H, H);
@@ -366,13 +377,13 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& input_gates, const at::Te
           new_key_norms.narrow(1, 0, n).contiguous(), acts, cs, tanh_cs, active.narrow(0, 0, S),
           totals.narrow(0, 0, S), sources.narrow(0, 0, S), queries.narrow(0, 0, S), query_norms.narrow(0, 0, S),
           folded.narrow(0, 0, S), cand_keys.narrow(0, 0, S), cand_norms.narrow(0, 0, S), att_step.narrow(0, 0, S),
-          write_step.narrow(0, 0, n), att_h_hat.narrow(0, 0, S)};
+          write_step.narrow(0, 0, n), att_h_hat.narrow(0, 0, S), xh};
 }
 
 template <typename T>
 std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at::Tensor& grad_h, const at::Tensor& grad_c,
-                                      const at::Tensor& grad_new_values, const at::Tensor& h0, const at::Tensor& c0,
-                                      const at::Tensor& w_hh_t, const at::Tensor& query_weight,
+                                      const at::Tensor& grad_new_values, const at::Tensor& c0, const at::Tensor& w_ih,
+                                      const at::Tensor& w_hh, bool x_grad, const at::Tensor& query_weight,
                                       const at::Tensor& key_weight, const at::Tensor& temperature,
                                       const at::Tensor& old_values, const std::vector<at::Tensor>& saved,
                                       const std::optional<at::Tensor>& old_grad, const Spec& s) {
@@ -399,7 +410,6 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
   at::Tensor write_key_grad = at::empty({B, d}, opts), write_grad = at::empty({B, H}, opts);
   at::Tensor query_to_state;  // dot: W_k^T W_q' (H, H), the map from the gradient of q~ to that of h_hat
   if (!s.cosine) query_to_state = at::mm(key_weight.t(), query_weight);
-  at::Tensor w_hh = w_hh_t.t().contiguous();
   const int64_t* ids_p = ids.data_ptr<int64_t>();
   const int64_t* asp = saved[ATT_STEP].data_ptr<int64_t>();
   const int64_t* wsp = saved[WRITE_STEP].data_ptr<int64_t>();
@@ -438,8 +448,10 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
     const int64_t t = s.t0 + i;
     const T* gf = gf_p + i * 2 * H;  // row b at gf + b * L * 2H
     const int64_t frow = L * 2 * H;
-    for (int64_t b = 0; b < B; ++b)
+    for (int64_t b = 0; b < B; ++b) {
+#pragma omp simd
       for (int64_t j = 0; j < H; ++j) dhp[b * H + j] += gf[b * frow + j];  // dL/dh_t
+    }
     std::fill(dhh, dhh + B * H, T(0));
     if (w >= 0 && wsp[w] == i) {  // the slot written at this step takes what its readers deposited
       T* wg = write_grad.data_ptr<T>();
@@ -456,11 +468,15 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
       for (int64_t j = 0; j < B * H; ++j) target[j] += wg[j];
       --w;
     }
+#pragma omp simd
     for (int64_t j = 0; j < B * H; ++j) dhh[j] += dhp[j];  // h = h_hat (+ s)
     if (st >= 0 && asp[st] == i) {
       // the attention step's backward (sab_mips/ops/sparse_attention.py, attend_backward)
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) dsp[b * H + j] = gf[b * frow + H + j] + (s.to_state ? dhp[b * H + j] : T(0));
+      const T to_state = s.to_state ? T(1) : T(0);
+      for (int64_t b = 0; b < B; ++b) {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) dsp[b * H + j] = gf[b * frow + H + j] + to_state * dhp[b * H + j];
+      }
       const int64_t* idp = ids_p + st * B * C;
       old_at.clear();
       for (int64_t r = 0; r < B * C; ++r) {
@@ -581,6 +597,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
       for (int64_t b = 0; b < B; ++b) {
         const T* a = ap + b * G;
         T* g = gg + b * G;
+#pragma omp simd  // the gate rows written here alias none of the rows read
         for (int64_t j = 0; j < H; ++j) {
           const T ig = a[j], fg = a[H + j], cg = a[2 * H + j], og = a[3 * H + j];
           const T tc = tcp[b * H + j];
@@ -602,9 +619,15 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
     }
   }
   // weight gradients, batched over the steps
-  // h_{t-1} of every step (L, B, H): h0, then the features' h of the steps before
-  at::Tensor h_prev = at::cat({h0.unsqueeze(0), features.narrow(1, 0, L - 1).narrow(2, 0, H).transpose(0, 1)}, 0);
-  at::Tensor grad_w_hh_t = at::mm(h_prev.reshape({L * B, H}).t(), grad_gates.view({L * B, G}));
+  // [W_ih W_hh]: ([x_t ; h_{t-1}] over all steps)ᵀ × the gates' gradients, (I + H, G), thin factor on the left
+  const at::Tensor& xh = saved[XH];
+  const int64_t I = xh.size(2) - H;
+  at::Tensor flat_grads = grad_gates.view({L * B, G});
+  at::Tensor grad_weights_t = at::mm(xh.view({L * B, I + H}).t(), flat_grads);
+  at::Tensor grad_w_ih = grad_weights_t.narrow(0, 0, I).t().contiguous();
+  at::Tensor grad_w_hh = grad_weights_t.narrow(0, I, H).t().contiguous();
+  at::Tensor grad_bias = flat_grads.sum(0);
+  at::Tensor grad_x = x_grad ? at::mm(flat_grads, w_ih).view({L, B, I}) : at::Tensor();
   if (S > 0) {
     at::Tensor hh = saved[ATT_H_HAT].view({S * B, H});
     if (s.cosine) {
@@ -619,7 +642,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_features, const at:
   if (s.cosine && Nn > 0)  // the chunk's own slots' keys: g_W_k += g_k^T m
     grad_key_weight.addmm_(key_grads.view({B * Nn, d}).t(), new_values.reshape({B * Nn, H}));
   at::Tensor grad_temperature = at::full({}, grad_tau, opts);
-  return {grad_gates, dh_carry, dc_carry, grad_w_hh_t, grad_query_weight, grad_key_weight, grad_temperature};
+  return {grad_x.defined() ? grad_x : at::zeros({0}, opts), dh_carry, dc_carry, grad_w_ih, grad_w_hh, grad_bias,
+          grad_query_weight, grad_key_weight, grad_temperature};
 }
 
 Spec make_spec(int64_t t0, int64_t k_top, int64_t k_att, int64_t k_trunc, int64_t attend_every, int64_t count,
@@ -627,27 +651,28 @@ Spec make_spec(int64_t t0, int64_t k_top, int64_t k_att, int64_t k_trunc, int64_
   return Spec{t0, k_top, k_att, k_trunc, attend_every, count, cosine, softmax, slot_h_hat, to_state, eps};
 }
 
-std::vector<at::Tensor> forward(at::Tensor input_gates, at::Tensor h0, at::Tensor c0, at::Tensor w_hh_t,
-                                at::Tensor query_weight, at::Tensor key_weight, at::Tensor temperature,
+std::vector<at::Tensor> forward(at::Tensor x, at::Tensor h0, at::Tensor c0, at::Tensor w_ih, at::Tensor w_hh,
+                                at::Tensor bias, at::Tensor query_weight, at::Tensor key_weight, at::Tensor temperature,
                                 at::Tensor old_values, std::optional<at::Tensor> old_keys,
                                 std::optional<at::Tensor> replay, py::object search_fn, py::object add_fn, int64_t t0,
                                 int64_t k_top, int64_t k_att, int64_t k_trunc, int64_t attend_every, int64_t count,
                                 bool cosine, bool softmax, bool slot_h_hat, bool to_state, double eps) {
-  TORCH_CHECK(input_gates.device().is_cpu(), "the compiled SAB recurrence runs on the CPU only");
-  TORCH_CHECK(input_gates.is_contiguous() && h0.is_contiguous() && c0.is_contiguous(), "contiguous inputs expected");
+  TORCH_CHECK(x.device().is_cpu(), "the compiled SAB recurrence runs on the CPU only");
+  TORCH_CHECK(x.is_contiguous() && h0.is_contiguous() && c0.is_contiguous() && w_ih.is_contiguous() &&
+              w_hh.is_contiguous(), "contiguous inputs expected");
   TORCH_CHECK(old_values.size(1) == 0 || old_values.stride(2) == 1, "slot values must be contiguous per slot");
   const Spec s = make_spec(t0, k_top, k_att, k_trunc, attend_every, count, cosine, softmax, slot_h_hat, to_state, eps);
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(input_gates.scalar_type(), "sab_forward", [&] {
-    out = forward_impl<scalar_t>(input_gates, h0, c0, w_hh_t, query_weight, key_weight, temperature, old_values,
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sab_forward", [&] {
+    out = forward_impl<scalar_t>(x, h0, c0, w_ih, w_hh, bias, query_weight, key_weight, temperature, old_values,
                                  old_keys, replay, search_fn, add_fn, s);
   });
   return out;
 }
 
 std::vector<at::Tensor> backward(at::Tensor grad_features, at::Tensor grad_h, at::Tensor grad_c,
-                                 at::Tensor grad_new_values, at::Tensor h0, at::Tensor c0, at::Tensor w_hh_t,
-                                 at::Tensor query_weight, at::Tensor key_weight, at::Tensor temperature,
+                                 at::Tensor grad_new_values, at::Tensor c0, at::Tensor w_ih, at::Tensor w_hh,
+                                 bool x_grad, at::Tensor query_weight, at::Tensor key_weight, at::Tensor temperature,
                                  at::Tensor old_values, std::optional<at::Tensor> old_grad,
                                  std::vector<at::Tensor> saved, int64_t t0, int64_t k_top, int64_t k_att,
                                  int64_t k_trunc, int64_t attend_every, int64_t count, bool cosine, bool softmax,
@@ -658,7 +683,7 @@ std::vector<at::Tensor> backward(at::Tensor grad_features, at::Tensor grad_h, at
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(saved[FEATURES].scalar_type(), "sab_backward", [&] {
     out = backward_impl<scalar_t>(grad_features.contiguous(), grad_h.contiguous(), grad_c.contiguous(),
-                                  grad_new_values.contiguous(), h0.contiguous(), c0.contiguous(), w_hh_t, query_weight,
+                                  grad_new_values.contiguous(), c0.contiguous(), w_ih, w_hh, x_grad, query_weight,
                                   key_weight, temperature, old_values, saved, old_grad, s);
   });
   return out;

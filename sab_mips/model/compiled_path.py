@@ -70,13 +70,13 @@ def runs_compiled(layer, state: SABState, x: torch.Tensor, explore: int) -> bool
     return False
 
 
-def compiled_forward(layer, input_gates: torch.Tensor, state: SABState, projection) -> torch.Tensor:
-    """Features (B, T, 2H) of a call whose input half of the gates is ``input_gates`` (T, B, 4H); ``state``
-    advanced as the Python path advances it (memory, index, recorder, h, c, t, attention steps)."""
+def compiled_forward(layer, x: torch.Tensor, state: SABState, projection) -> torch.Tensor:
+    """Features (B, T, 2H) of a call on inputs x (B, T, I); ``state`` advanced as the Python path advances it
+    (memory, index, recorder, h, c, t, attention steps)."""
     cfg, memory, recorder, index = layer.config, state.memory, state.recorder, state.index
-    T, B, _ = input_gates.shape
+    B, T, _ = x.shape
     H, count = cfg.hidden_size, cfg.candidates
-    zeros = input_gates.new_zeros(B, H)
+    zeros = x.new_zeros(B, H)
     h0, c0 = (zeros, zeros) if state.h is None else (state.h, state.c)
     grad = torch.is_grad_enabled()
     token = memory.token if grad else None
@@ -97,9 +97,11 @@ def compiled_forward(layer, input_gates: torch.Tensor, state: SABState, projecti
     inputs = ChunkInputs(memory.values(), memory.buffers if token is not None else None,
                          index.keys if exact else None, replay, search, add, spec)
     temperature = projection.temperature if spec.cosine else None
+    cell = layer.cell
     features, h, c, new_values, new_keys, ids, weights, scores, seconds = CompiledRecurrence.apply(
-        token if token is not None else zeros.new_zeros(()), input_gates, h0, c0, layer.cell.weight_hh.t(),
-        projection.query_weight, projection.key_weight, temperature, inputs)
+        token if token is not None else zeros.new_zeros(()), x.transpose(0, 1).contiguous(), h0, c0, cell.weight_ih,
+        cell.weight_hh, cell.bias_ih + cell.bias_hh, projection.query_weight, projection.key_weight, temperature,
+        inputs)
     for value, t in zip(new_values.unbind(1), times):
         memory.write(value, t)
         if recorder.diagnostics is not None:

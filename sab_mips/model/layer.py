@@ -48,6 +48,7 @@ from torch import nn
 from indexes import make_index
 
 from ..ops.memory import SlotMemory
+from ..ops.projection import input_projection
 from ..ops.sparse_attention import AttentionSpec
 from ..ops.sparsify import softmax_topk_weights, sparse_attention_weights
 from .config import SABConfig, check_retrieval
@@ -212,12 +213,13 @@ class SABLayer(nn.Module):
         if self.caches_keys and not compiled and (state.memory.writes_take_key_grads or not torch.is_grad_enabled()):
             state.memory.cache_keys(projection.key_weight)
         stores_h_hat, to_state = cfg.slot_value == "h_hat", cfg.summary_to_state
-        # The input half of every step's gates in one matmul, outside the time loop.
-        cell = self.cell
-        # Time-major (T, B, 4H), so that each step's (B, 4H) slice is contiguous for its addmm.
-        input_gates = nn.functional.linear(x.transpose(0, 1), cell.weight_ih, cell.bias_ih + cell.bias_hh)
         if compiled:
-            return compiled_forward(self, input_gates, state, projection), state
+            return compiled_forward(self, x, state, projection), state
+        # The input half of every step's gates in one matmul, outside the time loop (``input_projection``: its
+        # backward avoids a very slow BLAS shape). Time-major (T, B, 4H): each step's (B, 4H) slice is
+        # contiguous for its addmm.
+        cell = self.cell
+        input_gates = input_projection(x.transpose(0, 1), cell.weight_ih, cell.bias_ih + cell.bias_hh)
         # unbind, not input_gates[t]: the backward of T separate selects would build T zero-filled
         # (T, B, 4H) gradients, O(T²) work; unbind's backward stacks the T step gradients once.
         input_gates = input_gates.unbind(dim=0)
