@@ -121,6 +121,27 @@ int64_t count_steps(int64_t t0, int64_t T, int64_t every, int64_t offset) {
   return n;
 }
 
+// The best `size` (score, id) pairs offered, best first; a tie goes to the larger id (the newer slot).
+template <typename T>
+struct TopC {
+  explicit TopC(int64_t size) : size(size) { best.reserve(size); }
+  void offer(T score, int64_t id) {
+    if (static_cast<int64_t>(best.size()) == size) {
+      const auto& last = best.back();
+      if (!(score > last.first || (score == last.first && id > last.second))) return;
+      best.pop_back();
+    }
+    auto at = std::upper_bound(best.begin(), best.end(), std::make_pair(score, id),
+                               [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second > b.second); });
+    best.insert(at, {score, id});
+  }
+  void write(int64_t* ids) const {  // the ids, then -1 up to the row's width (set by the caller)
+    for (size_t j = 0; j < best.size(); ++j) ids[j] = best[j].second;
+  }
+  int64_t size;
+  std::vector<std::pair<T, int64_t>> best;
+};
+
 template <typename T>
 const T* slot_row(const at::Tensor& old_values, const at::Tensor& new_values, int64_t b, int64_t id, int64_t N0) {
   if (id < N0) return old_values.data_ptr<T>() + b * old_values.stride(0) + id * old_values.stride(1);
@@ -206,6 +227,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0, 
   T* cand_p = cand.data_ptr<T>();
   T* q_p = q.data_ptr<T>();
   std::vector<int64_t> old_at;  // (b C + k) of the candidates that are old slots (cosine: keys to project)
+  std::vector<T> new_scores(std::max<int64_t>(Nmax, 1));
   int64_t n = 0, S = 0;  // slots written, attention steps done
   for (int64_t i = 0; i < L; ++i) {
     const int64_t t = s.t0 + i;
@@ -258,21 +280,26 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& h0, 
         TORCH_CHECK(st < replay->size(0), "replay holds ", replay->size(0), " attention steps; this pass needs more");
         ids[st].copy_((*replay)[st]);
       } else if (exact_search) {
+        // exact top C: the old slots' scores in one batched product over the index's keys (a scan bound by
+        // memory bandwidth once the memory is large), the chunk's own slots' here; ties go to the newer slot
         const auto start = std::chrono::steady_clock::now();
-        at::Tensor q1 = q.unsqueeze(1);
-        at::Tensor scores;
-        if (N0 > 0 && n > 0) {
-          scores = at::cat({at::bmm(q1, old_keys->transpose(1, 2)), at::bmm(q1, new_keys.narrow(2, 0, n))}, 2);
-        } else if (N0 > 0) {
-          scores = at::bmm(q1, old_keys->transpose(1, 2));
-        } else {
-          scores = at::bmm(q1, new_keys.narrow(2, 0, n));
-        }
-        at::Tensor top = std::get<1>(scores.squeeze(1).topk(std::min(C, N), 1)).contiguous();
-        const int64_t found = top.size(1);
-        const int64_t* tp = top.data_ptr<int64_t>();
+        at::Tensor old_scores;
+        if (N0 > 0) old_scores = at::bmm(q.unsqueeze(1), old_keys->transpose(1, 2)).squeeze(1).contiguous();
+        const T* os = N0 > 0 ? old_scores.data_ptr<T>() : nullptr;
         for (int64_t b = 0; b < B; ++b) {
-          std::copy(tp + b * found, tp + (b + 1) * found, idp + b * C);
+          TopC<T> top(std::min(C, N));
+          for (int64_t j = 0; j < N0; ++j) top.offer(os[b * N0 + j], j);
+          if (n > 0) {
+            std::fill(new_scores.begin(), new_scores.begin() + n, T(0));
+            for (int64_t j = 0; j < d; ++j) {
+              const T qj = q_p[b * d + j];
+              const T* kj = newk_p + (b * d + j) * Nmax;
+#pragma omp simd
+              for (int64_t m = 0; m < n; ++m) new_scores[m] += qj * kj[m];
+            }
+            for (int64_t m = 0; m < n; ++m) top.offer(new_scores[m], N0 + m);
+          }
+          top.write(idp + b * C);
           sort_ids(idp + b * C, C);
         }
         search_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

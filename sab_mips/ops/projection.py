@@ -31,5 +31,5 @@ class _InputProjection(torch.autograd.Function):
 
 
 def input_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (..., I) W^T (W: (O, I)) + b (O,): ``F.linear``'s values and gradients (``tests/test_ops.py``)."""
+    """x (..., I) W^T (W: (O, I)) + b (O,): ``F.linear``'s values and gradients (``tests/test_projection.py``)."""
     return _InputProjection.apply(x, weight, bias)
