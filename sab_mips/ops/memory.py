@@ -67,11 +67,7 @@ class SlotBuffers:
     def grad_buffer(self) -> torch.Tensor:
         """The accumulated slot gradients (B, capacity, H), allocated (zeros) or grown to the values' shape,
         for a caller that adds its reads' gradients in place (the compiled recurrence, ``sab_mips.kernel``)."""
-        if self.grad is None or self.grad.shape[1] < self.values.shape[1]:
-            grown = torch.zeros_like(self.values)
-            if self.grad is not None:
-                grown[:, : self.grad.shape[1]] = self.grad
-            self.grad = grown
+        self.grad = _zeros_or_grown(self.grad, self.values)
         return self.grad
 
     def take_grad(self, slot: int) -> torch.Tensor | None:
@@ -95,13 +91,19 @@ class SlotBuffers:
 def _accumulate(grad: torch.Tensor | None, like: torch.Tensor, ids: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     """``grad`` (allocated, or grown, to the shape of ``like`` (B, capacity, w)) plus ``update`` (B, C, w) at
     the rows ``ids`` (B, C)."""
-    if grad is None or grad.shape[1] < like.shape[1]:
-        grown = torch.zeros_like(like)
-        if grad is not None:
-            grown[:, : grad.shape[1]] = grad
-        grad = grown
+    grad = _zeros_or_grown(grad, like)
     grad.view(-1, grad.shape[2]).index_add_(0, _flat_ids(grad, ids), update.reshape(-1, update.shape[2]))
     return grad
+
+
+def _zeros_or_grown(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``grad``, or zeros, grown (zero-filled) to the shape of ``like`` (B, capacity, w) if it is smaller."""
+    if grad is not None and grad.shape[1] >= like.shape[1]:
+        return grad
+    grown = torch.zeros_like(like)
+    if grad is not None:
+        grown[:, : grad.shape[1]] = grad
+    return grown
 
 
 def _take(grad: torch.Tensor | None, slot: int) -> torch.Tensor | None:
