@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             raise UserError(f"--{name.replace('_', '-')} applies to runs of task 'text' only")
     model, task, model_cfg, train_cfg, state = load_run(args.run)
-    use_kernel(model, args.kernel)
+    kernel_flag(model, args.kernel)
     if args.retrieval is not None and model_cfg.model != "sab":
         raise UserError(f"--retrieval applies to model 'sab' only; this run is model '{model_cfg.model}'")
     T = args.T if args.T is not None else (train_cfg.eval_T or train_cfg.T)
@@ -112,7 +112,7 @@ def run_text(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             raise UserError(f"--{name.replace('_', '-')} does not apply to a text run (it streams a whole split)")
     model, corpus, train_cfg, state = load_stream_run(args.run)
-    use_kernel(model, args.kernel)
+    kernel_flag(model, args.kernel)
     split = args.split or "valid"
     batch = args.batch_size if args.batch_size is not None else train_cfg.batch_size
     if args.memory_from == "training" and batch != train_cfg.batch_size:
@@ -164,7 +164,7 @@ def comparison_table(rows: list[tuple[str, dict[str, float]]], primary: str, hea
     return "\n".join(lines)
 
 
-def use_kernel(model, kernel: str | None) -> None:
+def kernel_flag(model, kernel: str | None) -> None:
     """Run SAB's steps on ``kernel`` (None: the run's); refuse it for a model that has none."""
     if kernel is None:
         return

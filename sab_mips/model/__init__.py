@@ -8,7 +8,7 @@ truncated BPTT), ``registry`` (``build_model``), ``config`` (``SABConfig``). The
 compare against are in ``tests/reference_models.py``.
 """
 from .baselines import LSTMBaseline
-from .compiled_path import KERNELS
+from .compiled_path import KERNELS, use_kernel
 from .config import MIPS_SCORERS, MODEL_DOCS, MODEL_FIELDS, PRESETS, SCORERS, SABConfig, check_retrieval
 from .layer import SABLayer
 from .options import PassOptions
@@ -18,4 +18,4 @@ from .sab import DenseAttentionLSTM, SABLSTM, SABOutput
 from .state import SABState
 
 __all__ = ["KERNELS", "AttentionRecord", "DenseAttentionLSTM", "LSTMBaseline", "MIPS_SCORERS", "MODELS", "MODEL_DOCS", "MODEL_FIELDS", "PassOptions", "PRESETS",
-           "SABConfig", "SABLSTM", "SABLayer", "SABOutput", "SABState", "SCORERS", "build_model", "check_retrieval"]
+           "SABConfig", "SABLSTM", "SABLayer", "SABOutput", "SABState", "SCORERS", "build_model", "check_retrieval", "use_kernel"]

@@ -17,6 +17,7 @@ import warnings
 
 import torch
 
+from ..errors import UserError
 from ..kernel import ChunkInputs, CompiledRecurrence, RecurrenceSpec, build_failure
 from .state import SABState
 
@@ -26,7 +27,16 @@ _warned: set[str] = set()
 
 def check_kernel(kernel: str) -> None:
     if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; valid choices: {', '.join(KERNELS)}")
+        raise UserError(f"unknown kernel {kernel!r}; valid choices: {', '.join(KERNELS)}")
+
+
+def use_kernel(model, kernel: str) -> None:
+    """Run ``model``'s SAB steps on ``kernel``; a model without an SAB layer (the LSTM baselines) has no kernel
+    to choose, and is left as it is."""
+    check_kernel(kernel)
+    layer = getattr(model, "layer", None)
+    if hasattr(layer, "set_kernel"):
+        layer.set_kernel(kernel)
 
 
 def uncovered_reason(layer, state: SABState, x: torch.Tensor, explore: int) -> str | None:
@@ -62,7 +72,7 @@ def runs_compiled(layer, state: SABState, x: torch.Tensor, explore: int) -> bool
     if reason is None:
         return True
     if layer.kernel == "compiled":
-        raise ValueError(f"kernel 'compiled' cannot run this pass: {reason} (kernel 'auto' falls back to Python)")
+        raise UserError(f"kernel 'compiled' cannot run this pass: {reason} (kernel 'auto' falls back to Python)")
     if reason not in _warned:
         _warned.add(reason)
         # one line, "sab-mips:0: UserWarning: ..." (no source line to quote); filterable like any warning

@@ -35,7 +35,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import UserError
-from ..model import MIPS_SCORERS, SABLSTM, PassOptions, SABConfig
+from ..model import MIPS_SCORERS, SABLSTM, PassOptions, SABConfig, use_kernel
 from ..tasks import batch_generator
 from .audit import audited_pass, exact_gradient_cosine
 from .config import ENGINE_MIN_STEPS, TrainConfig, train_length
@@ -70,8 +70,7 @@ class Trainer:
         self.dist = Distributed.from_env(self.device)
         self.dist.check_batch(train_cfg.batch_size)
         self.model, self.task, self.model_cfg = build(model_cfg, train_cfg)
-        if isinstance(self.model, SABLSTM):
-            self.model.set_kernel(train_cfg.kernel)
+        use_kernel(self.model, train_cfg.kernel)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr, eps=train_cfg.adam_eps,
                                           amsgrad=train_cfg.amsgrad)

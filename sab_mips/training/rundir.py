@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..io import atomic_write, atomic_write_text
-from ..model import SABLSTM, SABConfig, build_model
+from ..model import SABConfig, build_model, use_kernel
 from ..tasks import Task, get_task
 from .config import EXTENDABLE, TrainConfig
 
@@ -201,8 +201,7 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, Task, SABConfig, Tra
     model_cfg, train_cfg = saved_configs(state)
     model, task, _ = build(model_cfg, train_cfg)
     model.load_state_dict(state["model_state"])
-    if isinstance(model, SABLSTM):
-        model.set_kernel(train_cfg.kernel)
+    use_kernel(model, train_cfg.kernel)
     return model, task, model_cfg, train_cfg, state
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ..corpora import Corpus, Vocabulary, load_corpus, streams, window, windows_per_pass
 from ..devices import rss_gib
 from ..errors import UserError
-from ..model import SABConfig, SABLSTM, build_model
+from ..model import SABConfig, SABLSTM, build_model, use_kernel
 from ..model.options import PassOptions
 from ..model.state import SABState
 from ..ops.memory import SlotMemory
@@ -284,8 +284,7 @@ def load_stream_run(run_dir: str | Path) -> tuple[torch.nn.Module, Corpus, Train
     corpus = load_corpus(train_cfg.data, vocabulary=Vocabulary.from_json(vocab_path.read_text()))
     model = build_model(model_cfg)
     model.load_state_dict(saved["model_state"])
-    if isinstance(model, SABLSTM):
-        model.set_kernel(train_cfg.kernel)
+    use_kernel(model, train_cfg.kernel)
     return model, corpus, train_cfg, saved
 
 
@@ -312,8 +311,7 @@ class StreamTrainer:
         self.model_cfg = model_cfg.replace(input_size=V, output_size=V)
         torch.manual_seed(train_cfg.seed)
         self.model = build_model(self.model_cfg).to(self.device)
-        if isinstance(self.model, SABLSTM):
-            self.model.set_kernel(train_cfg.kernel)
+        use_kernel(self.model, train_cfg.kernel)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr, eps=train_cfg.adam_eps,
                                           amsgrad=train_cfg.amsgrad)
         self.rows = streams(self.corpus.splits["train"], train_cfg.batch_size, train_cfg.window, name="train")
