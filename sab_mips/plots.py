@@ -1,7 +1,7 @@
 """PNG figures: learning curves from metrics.jsonl, an attention map from one forward pass, the retrieval
 audits of a SAB-MIPS run, several runs overlaid (``sab-mips compare``), a tuning sweep (``sab-mips tune``)
 recall against search time (``sab-mips bench retrieval``), a run evaluated at other lengths (``sab-mips eval``),
-and streaming runs (task text): bits per character, time per step against memory size, recall, and how far
+an image task's attention over the picture, and streaming runs (task text): bits per character, time per step against memory size, recall, and how far
 back the attention goes.
 
 Matplotlib runs on the Agg backend (files only, no screen), so plotting works on headless machines and CI.
@@ -107,6 +107,24 @@ def plot_attention_map(attention: torch.Tensor, path: str | Path, title: str = "
                       interpolation="nearest", vmin=0.0)
     ax.set(xlabel="slot written at step u", ylabel="attending step t", title=title or "attention weights")
     fig.colorbar(image, ax=ax, label="weight")
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)
+
+
+def plot_pixel_attention(image: torch.Tensor, weights: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """An image (R, C) beside the attention its last step paid to each pixel (R, C): where, in the picture,
+    the slots it read were written (pixels that wrote no attended slot are 0)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    axes[0].imshow(image.detach().cpu().numpy(), cmap="gray", interpolation="nearest")
+    axes[0].set_title("image")
+    shown = axes[1].imshow(weights.detach().cpu().numpy(), cmap="magma", interpolation="nearest", vmin=0.0)
+    axes[1].set_title("attention of the last step")
+    fig.colorbar(shown, ax=axes[1], label="weight")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path, dpi=110)
 

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "sab_mips.ops": 2,  # pure tensor functions and small autograd functions
     "sab_mips.retrieval": 3,  # measuring retrieval in a model's pass: recall, attention mass, the index factory
     "sab_mips.kernel": 3,  # the compiled SAB recurrence (C++ built at first use) and its autograd function
+    "sab_mips.images": 3,  # image datasets from IDX files: reading, checks, splits
     "sab_mips.model": 4, "sab_mips.tasks": 4,  # modules and models; the tasks (independent of each other)
     "sab_mips.corpora": 4,  # text corpora for character-level language modelling: loading, splits, streams
     "sab_mips.training": 5, "sab_mips.plots": 5,  # the training engine; figures

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sab_mips.tasks import TASKS
+from sab_mips.tasks import IMAGE_TASKS, TASKS
+
+from image_files import fashion_dir  # noqa: F401  (a fixture)
 from sab_mips.training.rundir import read_metrics
 from sab_mips.cli import build_parser, main
 from sab_mips.cli.flags import configs_from_args
@@ -222,10 +224,13 @@ def test_bench_dispatches_the_remaining_arguments(monkeypatch, capsys):
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("experiments", "configs").glob("*.json")),
                          ids=lambda p: p.name)
-def test_example_configs_are_valid(path, tmp_path):
+def test_example_configs_are_valid(path, tmp_path, fashion_dir):
+    # the image configs read Fashion-MNIST: here the generated stand-in of 4x5 images (fashion_dir)
     args = build_parser().parse_args(["train", "--config", str(path), "--run-dir", str(tmp_path)])
     model_cfg, train_cfg = configs_from_args(args)
     if train_cfg.task == "text":  # the model is sized from the corpus's vocabulary when the run starts
         assert train_cfg.data in ("kjv", "gcide")
+    elif train_cfg.task in IMAGE_TASKS:
+        assert (train_cfg.T, model_cfg.input_size, model_cfg.output_size) == (20, 1, 3)
     else:
         assert model_cfg.input_size == TASKS[train_cfg.task].input_size

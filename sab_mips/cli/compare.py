@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     names = [slug(s) for s in specs]
     if len(set(names)) != len(names):
         raise UserError(f"--retrieval settings {specs} map to the same run directory names {names}")
-    primary = get_task(train_cfg.task).primary
+    primary = get_task(train_cfg.task, train_cfg.data, train_cfg.permutation_seed).primary
     rows: dict[str, dict[str, Any]] = {}
     curves: dict[str, list[dict[str, Any]]] = {}
     groups: dict[str, str] = {}

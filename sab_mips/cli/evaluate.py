@@ -8,6 +8,7 @@ from ..devices import resolve_device, set_threads
 from ..errors import UserError
 from ..corpora import SPLITS
 from ..model import KERNELS, SABLSTM
+from ..tasks import PixelTask
 from ..training import evaluate, load_run
 from ..training.rundir import METRICS_FILE, MetricsLog, saved_task
 from ..training.stream import evaluate_stream, load_stream_run
@@ -22,7 +23,8 @@ DESCRIPTION = ("Evaluate a run's checkpoint; each result is printed and appended
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, metavar="DIR", help="run directory")
     parser.add_argument("--T", type=int, help="length parameter (default: the run's eval T)")
-    parser.add_argument("--batches", type=int, help="number of batches (default: the run's eval_batches)")
+    parser.add_argument("--batches", type=int, help="number of batches (default: the run's eval_batches; image runs: "
+                                                    "the whole split)")
     parser.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's batch_size)")
     parser.add_argument("--seed", type=int, help="seed of the eval stream (default: the run's seed)")
     add_compute_flags(parser)
@@ -36,7 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(scored_recall, scored_mass_recovered) (0: no audit)")
     parser.add_argument("--kernel", choices=KERNELS, help="SAB: where its steps run (default: the run's kernel; "
                                                           "see sab-mips train --help)")
-    parser.add_argument("--split", choices=SPLITS, help="text runs: the split to stream (default valid)")
+    parser.add_argument("--split", choices=SPLITS, help="text runs: the split to stream (default valid); image runs: "
+                                                        "the held-out split to classify, valid (default) or test, "
+                                                        "all of it unless --batches")
     parser.add_argument("--memory-slots", type=int, metavar="N",
                         help="text runs, SAB: cap the memory at N slots per stream (default: the run's; 0: the "
                              "whole split), e.g. a larger memory than training used")
@@ -57,16 +61,25 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if saved_task(args.run) == "text":
         return run_text(args)
-    for name in ("split", "memory_slots", "attention_every", "memory_from"):
+    for name in ("memory_slots", "attention_every", "memory_from"):
         if getattr(args, name) is not None:
             raise UserError(f"--{name.replace('_', '-')} applies to runs of task 'text' only")
     model, task, model_cfg, train_cfg, state = load_run(args.run)
+    if args.split is not None and not isinstance(task, PixelTask):
+        raise UserError("--split applies to runs of the text and image tasks only")
+    if isinstance(task, PixelTask):  # an image run evaluates a held-out split, by default the whole of it
+        split = args.split or "valid"
+        if split == "train":
+            raise UserError("--split: an image run is evaluated on valid or test (training images are drawn at random)")
+        task = task.held_out(split)
     kernel_flag(model, args.kernel)
     if args.retrieval is not None and model_cfg.model != "sab":
         raise UserError(f"--retrieval applies to model 'sab' only; this run is model '{model_cfg.model}'")
     T = args.T if args.T is not None else (train_cfg.eval_T or train_cfg.T)
-    batches = args.batches if args.batches is not None else train_cfg.eval_batches
     batch_size = args.batch_size if args.batch_size is not None else train_cfg.batch_size
+    whole_split = task.eval_batches(batch_size) if batch_size >= 1 else None
+    batches = (args.batches if args.batches is not None
+               else whole_split if whole_split is not None else train_cfg.eval_batches)
     seed = args.seed if args.seed is not None else train_cfg.seed
     if args.audit_every and model_cfg.model != "sab":
         raise UserError(f"--audit-every applies to model 'sab' only; this run is model '{model_cfg.model}'")
@@ -90,13 +103,15 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate(model, task, T, batches, seed, batch_size, audit_every=args.audit_every, timed=True,
                            chunk=chunk)
         searched = {} if retrieval is None else {"retrieval": retrieval}
+        held_out = {"data": task.eval_split} if isinstance(task, PixelTask) else {}
         with MetricsLog(Path(args.run) / METRICS_FILE) as log:
             log.write({"split": "eval", "step": int(state["step"]), "T": T, **metrics, "source": "sab-mips eval",
-                       "seed": seed, "batches": batches, "batch_size": batch_size, **searched})
+                       "seed": seed, "batches": batches, "batch_size": batch_size, **held_out, **searched})
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         named = f" retrieval={retrieval}" if retrieval is not None else ""
-        print(f"eval {args.run} step={state['step']} task={task.name} T={T} (trained at T={train_cfg.T}){named}: {shown}",
-              flush=True)
+        where = f" {task.eval_split} split" if isinstance(task, PixelTask) else ""
+        print(f"eval {args.run} step={state['step']} task={task.name}{where} T={T} (trained at T={train_cfg.T}){named}: "
+              f"{shown}", flush=True)
         reason = model.audit_skip_reason() if args.audit_every else None
         if reason:
             print(f"audit {reason}")

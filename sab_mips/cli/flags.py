@@ -17,14 +17,14 @@ from ..errors import UserError
 from ..io import read_json
 from ..model import MODEL_FIELDS, SCORERS, SABConfig
 from ..model.config import PRESETS, saved_fields
-from ..tasks import TASKS, get_task
+from ..tasks import IMAGE_TASKS, TASK_NAMES, get_task
 from ..training import TrainConfig
 from ..training.config import TEXT_FIELDS
 from ..training.rundir import CONFIG_FILE
 
 TASK_SIZED = ("input_size", "output_size")  # SABConfig fields set by the task, not by flags
 ALWAYS_USED = ("model", "hidden_size", *TASK_SIZED)  # SABConfig fields every model reads
-CHOICES = {"model": tuple(MODEL_FIELDS), "scorer": SCORERS, "task": (*TASKS, "text"), "preset": tuple(PRESETS)}
+CHOICES = {"model": tuple(MODEL_FIELDS), "scorer": SCORERS, "task": TASK_NAMES, "preset": tuple(PRESETS)}
 
 
 class Parser(argparse.ArgumentParser):
@@ -136,7 +136,9 @@ def check_train_options(model_cfg: SABConfig, train_cfg: TrainConfig, explicit: 
         return None
 
     text, sab = train_cfg.task == "text", model_cfg.model == "sab"
-    rules = ((TEXT_ONLY_TRAIN_FIELDS, not text, f"task '{train_cfg.task}' (only the text task reads it)"),
+    permuted = IMAGE_TASKS.get(train_cfg.task, False)
+    rules = ((("permutation_seed",), not permuted, f"task '{train_cfg.task}' (only pixels-permuted reads it)"),
+             (TEXT_ONLY_TRAIN_FIELDS, not text, f"task '{train_cfg.task}' (only the text task reads it)"),
              (SYNTHETIC_ONLY_TRAIN_FIELDS, text, "task 'text' (only the synthetic tasks read it)"),
              (SAB_ONLY_TRAIN_FIELDS, not sab, f"model '{model_cfg.model}' (only model 'sab' has an engine, a "
                                               f"kernel and retrieval audits)"),
@@ -168,9 +170,12 @@ def merge_configs(explicit_model: dict[str, Any], explicit_train: dict[str, Any]
     model_values.update(explicit_model)
     train_values.update(explicit_train)
 
+    if train_values.get("task") in IMAGE_TASKS and "T" not in train_values:
+        # an image task's length is its images' pixel count: read from the data, not a flag to repeat
+        train_values["T"] = get_task(train_values["task"], train_values.get("data")).min_T
     train_cfg = TrainConfig.from_dict(train_values)
     if train_cfg.task != "text":  # the text task sizes the model from its corpus's vocabulary (``stream``)
-        task = get_task(train_cfg.task)
+        task = get_task(train_cfg.task, train_cfg.data, train_cfg.permutation_seed)
         for name, size in (("input_size", task.input_size), ("output_size", task.output_size)):
             if model_values.get(name, size) != size:
                 raise UserError(f"{name}={model_values[name]} does not match task '{task.name}' ({size}); "

@@ -13,7 +13,8 @@ import importlib
 import platform
 
 from ..model import MODEL_DOCS, MODEL_FIELDS, MODELS
-from ..tasks import TASKS
+from ..images import DATASETS
+from ..tasks import IMAGE_TASKS, TASKS, get_task
 
 HELP = "versions, device, threads and available retrieval backends"
 DESCRIPTION = "Report what can run here."
@@ -84,6 +85,11 @@ def info_lines() -> list[str]:
     lines.append("tasks:")
     for task in TASKS.values():
         lines.append(f"  {task.name:<12} {task.describe} (T >= {task.min_T})")
+    for name in IMAGE_TASKS:
+        lines.append(f"  {name:<12} {get_task(name).describe}")
+    for dataset in DATASETS.values():
+        installed = "installed" if dataset.directory.is_dir() else f"not installed: {dataset.install}"
+        lines.append(f"  data {dataset.name}: {dataset.describe} ({installed})")
     return lines
 
 

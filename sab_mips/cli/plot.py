@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from ..plots import (plot_attention_distances, plot_attention_map, plot_diagnostics, plot_learning_curves,
-                     plot_retrieval, plot_streams, plot_transfer, transfer_evals)
-from ..tasks import batch_generator
+                     plot_pixel_attention, plot_retrieval, plot_streams, plot_transfer, transfer_evals)
+from ..tasks import PixelTask
 from ..training import load_run
 from ..training.rundir import METRICS_FILE, read_metrics, saved_task
 
@@ -17,7 +17,8 @@ MAX_MAP_T = 1000  # the attention map is a dense (T, T) matrix: longer runs are 
 DESCRIPTION = ("Write learning_curves.png, diagnostics.png (gradient norm; for attention models also gap sums, slot "
                "norms, long-range attention), attention.png (models with attention), retrieval.png (SAB-MIPS) and "
                "transfer.png (the run evaluated at other lengths by sab-mips eval: accuracy, time per step and "
-               "recall against T).")
+               "recall against T); for the image tasks pixel_attention.png (which pixels of a validation image the "
+               "last step attends to).")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     T = min(own_T, MAX_MAP_T)
     if T < own_T:
         print(f"note: the attention map is drawn at T={T}: a (T, T) map of the run's T={own_T} would not fit in memory")
-    x, _ = task.make_batch(T, 1, batch_generator(train_cfg.seed, 0, "eval"))
+    x, _ = task.eval_batch(T, 1, 0, train_cfg.seed)  # the first evaluation sequence (image: validation image 0)
     model.eval()
     with torch.no_grad():
         _, record = model(x, return_attention=True)
@@ -54,7 +55,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         attention = record.attention_map(b=0, T=x.shape[1])
         print(f"wrote {plot_attention_map(attention, out / 'attention.png', f'attention, {title}, eval T={T}')}")
+        if isinstance(task, PixelTask):
+            print(f"wrote {pixel_attention(task, attention[-1], out / 'pixel_attention.png', title)}")
     return 0
+
+
+def pixel_attention(task: PixelTask, last_row: torch.Tensor, path: Path, title: str) -> Path:
+    """``pixel_attention.png``: validation image 0 and the attention its last step paid to each of its pixels
+    (step u read pixel ``task.order[u]``, so the weights are put back in the picture's layout)."""
+    images = task.images
+    split = images.splits[task.eval_split]
+    weights = torch.zeros(images.pixel_count)
+    weights[task.order] = last_row.detach().float().cpu()
+    rows, cols = images.shape
+    label = int(split.labels[0])
+    return plot_pixel_attention(split.pixels[0].view(rows, cols).float(), weights.view(rows, cols), path,
+                                f"{title}: {task.eval_split} image 0 (class {label})")
 
 
 def run_text(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import torch
 
 from ..config_base import Config, choice, non_negative_int, number, option, positive_int, require
 from ..model import KERNELS
-from ..tasks import batch_generator
+from ..tasks import IMAGE_TASKS, batch_generator
 
 # TrainConfig fields a resumed run may change: budgets, and measurements that do not alter the updates
 EXTENDABLE = ("steps", "time_budget", "audit_every", "grad_cosine_every")
@@ -16,7 +16,8 @@ ENGINES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
 LENGTH_DRAWS = ("uniform", "log-uniform")
 STREAM_MEMORIES = ("stream", "window")
-TEXT_FIELDS = ("data", "window", "memory", "memory_slots", "refresh_every", "refresh_below", "eval_chars")
+TEXT_FIELDS = ("window", "memory", "memory_slots", "refresh_every", "refresh_below", "eval_chars")
+DATA_TASKS = ("text", *IMAGE_TASKS)  # the tasks that read data from files (``data``)
 ENGINE_MIN_STEPS = 2000  # engine="auto": SAB sequences at least this long train with the memory-bounded engine
 
 
@@ -24,7 +25,8 @@ ENGINE_MIN_STEPS = 2000  # engine="auto": SAB sequences at least this long train
 class TrainConfig(Config):
     """A training run; ``sab-mips train --help`` lists the fields with their help."""
 
-    task: str = option("copy", "a task name (copy, adding, text: character-level language modelling over a "
+    task: str = option("copy", "a task name (copy, adding; pixels, pixels-permuted: an image classified from its "
+                               "pixels read one per step; text: character-level language modelling over a "
                                "long text read as streams).")
     T: int = option(100, "the task's length parameter for training (copy: blanks + 1; adding: sequence length).")
     T_min: int | None = option(None, "variable-length training: each update draws its length uniformly from "
@@ -72,7 +74,10 @@ class TrainConfig(Config):
                                  "python (step by step; the reference twin), or auto (compiled where it builds "
                                  "and covers the pass, else Python with one warning line).")
     data: str | None = option(None, "task text: a corpus name (kjv, gcide; installed by make data) or the path of "
-                                    "a UTF-8 file.")
+                                    "a UTF-8 file. Tasks pixels, pixels-permuted: a dataset name (fashion-mnist, "
+                                    "the default; make data) or a directory of MNIST-layout IDX files.")
+    permutation_seed: int = option(0, "task pixels-permuted: the seed of the fixed pixel order (a Fisher-Yates "
+                                      "shuffle of its own, stable across library versions).")
     window: int = option(200, "task text: characters per window; each update reads the next window of every "
                               "stream (B = batch_size streams), the gradient stops at its boundary.")
     memory: str = option("stream", "task text, SAB: what the memory holds: stream (every slot of the pass so far, "
@@ -127,7 +132,9 @@ class TrainConfig(Config):
         require(0 <= self.refresh_below <= 1, f"refresh_below must be in [0, 1] (a recall), got {self.refresh_below!r}")
         require(self.memory_slots == 0 or self.memory_slots >= 2,
                 f"memory_slots must be 0 (no cap) or >= 2, got {self.memory_slots}")
-        require(self.task == "text" or self.data is None, f"data applies to task text only, not {self.task!r}")
+        non_negative_int("permutation_seed", self.permutation_seed)
+        require(self.task in DATA_TASKS or self.data is None,
+                f"data applies to tasks {', '.join(DATA_TASKS)} only, not {self.task!r}")
         require(self.task != "text" or self.data is not None,
                 "task text needs data: a corpus name (kjv, gcide) or the path of a UTF-8 file")
 

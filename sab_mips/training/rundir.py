@@ -139,7 +139,7 @@ def check_resume(state: dict[str, Any], model_cfg: SABConfig, train_cfg: TrainCo
 
 def build(model_cfg: SABConfig, train_cfg: TrainConfig) -> tuple[torch.nn.Module, Task, SABConfig]:
     """The task, and the model with parameters initialised from the seed; input/output sizes come from the task."""
-    task = get_task(train_cfg.task)
+    task = get_task(train_cfg.task, train_cfg.data, train_cfg.permutation_seed)
     task.check_T(train_cfg.T)
     for name in ("T_min", "eval_T"):
         if getattr(train_cfg, name) is not None:

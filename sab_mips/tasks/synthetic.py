@@ -1,12 +1,4 @@
-"""The task registry: synthetic long-range problems generated on the fly.
-
-Every task exposes the same small interface, so one training loop serves them all:
-
-    task = TASKS["copy"]
-    x, y = task.make_batch(T=100, batch_size=64, generator=torch.Generator().manual_seed(0))
-    logits = model(x)                        # (B, L, task.output_size)
-    loss = task.loss(logits, y)              # scalar, what training minimises
-    task.metrics(logits, y)                  # {"loss": ..., "accuracy": ...}
+"""The synthetic tasks: long-range problems generated on the fly (copy, adding).
 
 Shapes: B batch, L = task.seq_len(T) time steps, C = task.output_size.
 ``T`` is the task's length parameter (copy: blanks + 1; adding: sequence length), so the same model can be
@@ -17,69 +9,10 @@ alone, so the data never depend on how many updates ran in one process (resume i
 """
 from __future__ import annotations
 
-import hashlib
-from abc import ABC, abstractmethod
-
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
-
-
-class Task(ABC):
-    """A sequence task; subclasses set the class attributes and the four methods.
-
-    Attributes:
-        name: registry key.
-        input_size: features per input step.
-        output_size: logits per step (classes, or 1 for regression).
-        min_T: smallest valid length parameter.
-        primary: the metric shown in progress bars and summaries.
-        higher_is_better: whether a larger ``primary`` is better.
-        describe: one line for ``--help`` and ``sab-mips info``.
-        scored_steps: how many of a sequence's last steps ``primary`` is computed on (retrieval audits look
-            at those steps apart: ``scored_recall``).
-    """
-
-    name: str
-    input_size: int
-    output_size: int
-    min_T: int
-    primary: str
-    higher_is_better: bool
-    describe: str
-    scored_steps: int
-
-    def scored_from(self, steps: int) -> int:
-        """The first step ``primary`` is computed on, in a sequence of ``steps`` steps (audits start there)."""
-        return steps - self.scored_steps
-
-    def check_T(self, T: int) -> None:
-        """Raise UserError unless T is a valid length parameter for this task."""
-        if not isinstance(T, int) or T < self.min_T:
-            raise UserError(f"T={T!r} is too small for task '{self.name}' (needs T >= {self.min_T})")
-
-    @abstractmethod
-    def seq_len(self, T: int) -> int:
-        """Number of time steps L of a sequence with length parameter T."""
-
-    @abstractmethod
-    def make_batch(self, T: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw a batch: x (B, L, input_size) float32 and the targets y, a pure function of the generator state."""
-
-    @abstractmethod
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss (a differentiable scalar) of logits (B, L, C) against y."""
-
-    @abstractmethod
-    def chunk_loss(self, logits: torch.Tensor, y: torch.Tensor, start: int, steps: int) -> torch.Tensor:
-        """The share of ``loss`` of the steps [start, start + L') of a sequence of ``steps`` steps, from their
-        logits (B, L', C): over consecutive chunks that cover the sequence the shares sum to ``loss``
-        (the memory-bounded engine takes the loss chunk by chunk)."""
-
-    @abstractmethod
-    def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Evaluation metrics as plain floats; always includes ``loss`` and ``primary``."""
+from .base import Task
 
 
 class CopyTask(Task):
@@ -94,7 +27,7 @@ class CopyTask(Task):
     and over the last 10 (``ce_last10``). The training loss is the cross-entropy over all steps.
 
     Example:
-        >>> x, y = TASKS["copy"].make_batch(5, 2, torch.Generator().manual_seed(0))
+        >>> x, y = CopyTask().make_batch(5, 2, torch.Generator().manual_seed(0))
         >>> x.shape, y.shape
         (torch.Size([2, 25, 10]), torch.Size([2, 25]))
     """
@@ -152,7 +85,7 @@ class AddingTask(Task):
     x: (B, T, 2) float32; y: (B,) float32. Loss and metric ``mse``: squared error at the last step.
 
     Example:
-        >>> x, y = TASKS["adding"].make_batch(6, 2, torch.Generator().manual_seed(0))
+        >>> x, y = AddingTask().make_batch(6, 2, torch.Generator().manual_seed(0))
         >>> x.shape, y.shape, x[..., 1].sum(1).tolist()
         (torch.Size([2, 6, 2]), torch.Size([2]), [2.0, 2.0])
     """
@@ -193,19 +126,3 @@ class AddingTask(Task):
     def metrics(self, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         mse = self.loss(logits, y).item()
         return {"loss": mse, "mse": mse}
-
-
-TASKS: dict[str, Task] = {task.name: task for task in (CopyTask(), AddingTask())}
-
-
-def get_task(name: str) -> Task:
-    """The registered task called ``name``; UserError listing the valid names otherwise."""
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; valid choices: {', '.join(TASKS)}")
-    return TASKS[name]
-
-
-def batch_generator(seed: int, index: int, stream: str) -> torch.Generator:
-    """A generator whose state is a pure function of (seed, stream, index); streams: train, eval, memories."""
-    digest = hashlib.sha256(f"{stream}:{seed}:{index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
