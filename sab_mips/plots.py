@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
@@ -113,12 +114,16 @@ def plot_attention_map(attention: torch.Tensor, path: str | Path, title: str = "
 
 def plot_pixel_attention(image: torch.Tensor, weights: torch.Tensor, path: str | Path, title: str = "") -> Path:
     """An image (R, C) beside the attention its last step paid to each pixel (R, C): where, in the picture,
-    the slots it read were written (pixels that wrote no attended slot are 0)."""
+    the slots it read were written (the weight of the slot written at the step that read that pixel; 0 where
+    no attended slot was written), drawn over a faint copy of the image."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 4))
     axes[0].imshow(image.detach().cpu().numpy(), cmap="gray", interpolation="nearest")
     axes[0].set_title("image")
-    shown = axes[1].imshow(weights.detach().cpu().numpy(), cmap="magma", interpolation="nearest", vmin=0.0)
-    axes[1].set_title("attention of the last step")
+    axes[1].imshow(image.detach().cpu().numpy(), cmap="gray", interpolation="nearest", alpha=0.35)
+    values = weights.detach().cpu().numpy()
+    masked = np.ma.masked_where(values <= 0, values)  # pixels that wrote no attended slot show the image
+    shown = axes[1].imshow(masked, cmap="plasma", interpolation="nearest", vmin=0.0)
+    axes[1].set_title("attention of the last step, by the pixel\nread at the step that wrote each slot", fontsize=9)
     fig.colorbar(shown, ax=axes[1], label="weight")
     for ax in axes:
         ax.set_xticks([])

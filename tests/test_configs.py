@@ -25,6 +25,8 @@ from sab_mips.cli.flags import explicit_values, merge_configs
 from sab_mips.io import read_json
 from sab_mips.training import TrainConfig
 
+from image_files import fashion_dir  # noqa: F401  (a fixture)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = "experiments/configs/"
 CONFIGS = sorted(p.name for p in (ROOT / CONFIG_DIR).glob("*.json"))
@@ -108,7 +110,8 @@ def test_every_cited_config_exists():
 
 
 @pytest.mark.parametrize("where, name, argv", CITED, ids=[where for where, _, _ in CITED])
-def test_a_cited_command_gets_nothing_from_flags_its_config_lacks(where, name, argv):
+def test_a_cited_command_gets_nothing_from_flags_its_config_lacks(where, name, argv, fashion_dir):
+    # fashion_dir: the image configs are merged against a generated stand-in of Fashion-MNIST
     if argv[0] != "train":  # e.g. compare: the flags are the stated changes to the shared config
         build_parser().parse_args(argv)
         return
