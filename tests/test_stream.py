@@ -223,6 +223,11 @@ def test_cli_trains_evaluates_and_samples_a_text_run(tmp_path, text_file, capsys
     assert continued["bpc"] != fresh["bpc"]
     assert "--memory-from training continues" in error_line(["eval", "--run", str(run), "--memory-from", "training",
                                                              "--batch-size", "3"])
+    assert main(["eval", "--run", str(run), "--split", "test", "--chars", "80", "--attention-every", "0"]) == 0
+    short = read_metrics(run / "metrics.jsonl")[-1]
+    # the first 40 characters of each of the 2 streams, in whole windows of 20 (the targets run one past)
+    assert short["chars"] == 2 * 20 < fresh["chars"]
+    assert "--chars" in error_line(["eval", "--run", str(run), "--chars", "-1"])
     assert main(["plot", "--run", str(run)]) == 0
     assert (run / "stream.png").stat().st_size > 0 and (run / "attention_distances.png").stat().st_size > 0
     capsys.readouterr()
@@ -243,7 +248,8 @@ def test_cli_trains_evaluates_and_samples_a_text_run(tmp_path, text_file, capsys
     assert main(["train", "--task", "copy", "--T", "3", "--model", "lstm", "--hidden-size", "4", "--steps", "1",
                  "--batch-size", "2", "--eval-batches", "1", "--run-dir", str(copy_run), "--no-progress"]) == 0
     assert "not of task 'text'" in error(["generate", "--run", str(copy_run), "--prompt", "a"])
-    assert "--split applies to runs of task 'text' only" in error(["eval", "--run", str(copy_run), "--split", "test"])
+    assert "--split applies to runs of the text and image tasks only" in error(["eval", "--run", str(copy_run), "--split", "test"])
+    assert "--chars applies to runs of task 'text' only" in error(["eval", "--run", str(copy_run), "--chars", "9"])
 
 
 def test_attention_distances_bin_the_weight_by_how_far_back_each_slot_was_written():

@@ -48,6 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="text runs: stream the split from an empty state (default), or continue the "
                              "checkpoint's training streams, (h, c) and memory (slots written with the weights "
                              "of their time)")
+    parser.add_argument("--chars", type=int, metavar="N",
+                        help="text runs: stream only the first N // B characters of each of the B streams, in whole "
+                             "windows (a quick reading of a long split; default 0: the whole split)")
     parser.add_argument("--attention-every", type=int, metavar="N",
                         help="text runs, SAB: record the attention of every N-th window: how far back the "
                              "attended slots lie and the share on slots older than the window (default 10; 0: "
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if saved_task(args.run) == "text":
         return run_text(args)
-    for name in ("memory_slots", "attention_every", "memory_from"):
+    for name in ("memory_slots", "attention_every", "memory_from", "chars"):
         if getattr(args, name) is not None:
             raise UserError(f"--{name.replace('_', '-')} applies to runs of task 'text' only")
     model, task, model_cfg, train_cfg, state = load_run(args.run)
@@ -136,9 +139,10 @@ def run_text(args: argparse.Namespace) -> int:
     memory_slots = args.memory_slots if args.memory_slots is not None else train_cfg.memory_slots
     sab = isinstance(model, SABLSTM)
     attention_every = (10 if sab else 0) if args.attention_every is None else args.attention_every
-    if batch < 1 or memory_slots < 0 or args.audit_every < 0 or attention_every < 0:
-        raise UserError(f"need --batch-size >= 1 and --memory-slots, --audit-every, --attention-every >= 0; got "
-                        f"{batch}, {memory_slots}, {args.audit_every} and {attention_every}")
+    chars = args.chars or 0
+    if batch < 1 or memory_slots < 0 or args.audit_every < 0 or attention_every < 0 or chars < 0:
+        raise UserError(f"need --batch-size >= 1 and --memory-slots, --audit-every, --attention-every, --chars >= 0; "
+                        f"got {batch}, {memory_slots}, {args.audit_every}, {attention_every} and {chars}")
     if (args.retrieval or args.audit_every or args.memory_slots is not None or attention_every) and not sab:
         raise UserError("--retrieval, --audit-every, --memory-slots and --attention-every apply to model 'sab' only")
     model.to(resolve_device(args.device))
@@ -148,7 +152,8 @@ def run_text(args: argparse.Namespace) -> int:
             model.set_retrieval(retrieval)
         start = state["stream_state"] if args.memory_from == "training" else None
         metrics = evaluate_stream(model, train_cfg, corpus.splits[split], batch, memory_slots=memory_slots,
-                                  audit_every=args.audit_every, attention_every=attention_every, start=start)
+                                  max_chars=chars, audit_every=args.audit_every, attention_every=attention_every,
+                                  start=start)
         searched = {} if retrieval is None else {"retrieval": retrieval}
         with MetricsLog(Path(args.run) / METRICS_FILE) as log:
             log.write({"split": "eval", "step": int(state["step"]), "data": split, **metrics,
