@@ -5,7 +5,8 @@
     python experiments/pixels.py keep experiments/records/pixels runs/pixels/*
 
 A row of ``pixels_row.sh`` trains for a budget of updates, classifies the test split (the "equal updates"
-reading), continues until a wall-clock budget and classifies the test split again ("equal wall-clock").
+reading), continues until a wall-clock budget and classifies the test split again ("equal wall-clock"; a
+row that was past the budget already has one reading, the same model for both).
 ``table`` prints one Markdown row per run: its test accuracy at both readings with the updates and
 seconds each was taken at, the last periodic validation accuracy, and the seconds per update (median).
 Runs with the same name up to ``-s<seed>`` are then summarised: mean and range over seeds of both
@@ -49,6 +50,8 @@ def readings(lines: list[dict]) -> dict:
            "sec_per_update": statistics.median(r["sec_per_update"] for r in train) if train else None}
     for name, test in zip(("updates", "wall"), tests[:2]):
         out[name] = {"accuracy": test["accuracy"], "step": test["step"], "wall": wall.get(test["step"])}
+    if len(tests) == 1 and train and train[-1]["step"] == tests[0]["step"]:
+        out["wall"] = out["updates"]  # the budget of seconds ran out before the budget of updates: one model
     return out
 
 
