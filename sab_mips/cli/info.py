@@ -84,9 +84,9 @@ def info_lines() -> list[str]:
 
     lines.append("tasks:")
     for task in TASKS.values():
-        lines.append(f"  {task.name:<12} {task.describe} (T >= {task.min_T})")
+        lines.append(f"  {task.name:<16} {task.describe} (T >= {task.min_T})")
     for name in IMAGE_TASKS:
-        lines.append(f"  {name:<12} {get_task(name).describe}")
+        lines.append(f"  {name:<16} {get_task(name).describe}")
     for dataset in DATASETS.values():
         installed = "installed" if dataset.directory.is_dir() else f"not installed: {dataset.install}"
         lines.append(f"  data {dataset.name}: {dataset.describe} ({installed})")
